@@ -1,0 +1,49 @@
+"""`agro-sql` entry point. Each subcommand lives beside the code it runs and is imported only when used.
+
+Every subcommand takes `--config path.py[:arg]` and any number of `--config.a.b=value` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> ("module:function", help). The function takes (config, args) and returns an exit code or None.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agro-sql", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in sorted(SUBCOMMANDS.items()):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default="configs/tiny_cpu.py", help="config file spec: path.py[:arg]")
+        p.add_argument("--workdir", default=None, help="overrides config.workdir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agro_jax.config import ConfigError, load_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    rest = [a for a in argv if not a.startswith("--config.")]
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(rest)
+    try:
+        config = load_config(args.config, overrides)
+        if args.workdir:
+            with config.unlocked():
+                config.workdir = args.workdir
+    except ConfigError as e:
+        parser.error(str(e))
+    target, _ = SUBCOMMANDS[args.command]
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    args.extra = extra
+    return int(func(config, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The paper's scale: Qwen3-8B(-Base), group 10, 256 prompts per step, lr 5e-6, temperature 0.7.
+
+Run on a TPU VM (see launch_tpu.sh): agro-sql run --config configs/qwen3_8b_tpu.py:/path/to/Qwen3-8B-Base
+"""
+
+from configs import tiny_cpu
+from configs.common import mesh_config, optim_config
+
+
+def get_config(arg=None):
+    c = tiny_cpu.get_config()
+    c.workdir = "runs/qwen3_8b"
+    c.mesh = mesh_config((1, -1, 4))  # fsdp over hosts/chips, 4-way tensor parallel inside a host
+    c.model.hf_path = arg or "/mnt/models/Qwen3-8B-Base"
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.tokenizer.path = c.model.hf_path
+    c.executor.num_workers = 16
+    c.factory.candidates_per_round = 20000
+    c.factory.num_examples = 10000
+    c.rollout.max_turns = 5
+    c.rollout.max_prompt_len = 4096
+    c.rollout.max_new_tokens_per_turn = 1024
+    c.rollout.max_total_len = 8192
+    c.rollout.temperature = 0.7
+    c.sft.num_selected = 4096
+    c.sft.batch_size = 64
+    c.sft.epochs = 2
+    c.sft.optim = optim_config(1e-5, 128, 10)
+    c.grpo.steps = 300
+    c.grpo.prompts_per_step = 256
+    c.grpo.group_size = 10
+    c.grpo.beta = 0.001
+    c.grpo.optim = optim_config(5e-6, 300, 10)
+    c.checkpoint.every_steps = 20
+    c.eval.batch_size = 64
+    return c

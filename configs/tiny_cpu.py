@@ -1,0 +1,100 @@
+"""The embedded default: built-in databases, a tiny Qwen3-style model trained from scratch, 2-core CPU.
+
+Run: agro-sql run --config configs/tiny_cpu.py
+"""
+
+from ml_collections import ConfigDict
+
+from configs.common import mesh_config, optim_config
+
+
+def get_config(arg=None):
+    c = ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/tiny_cpu"
+    c.mesh = mesh_config((-1, 1, 1))
+
+    # Policy. hf_path, when set, loads a local Hugging Face checkpoint and ignores the architecture fields.
+    c.model = ConfigDict(
+        {
+            "hf_path": "",
+            "family": "qwen3",  # qwen2 | qwen3
+            "vocab_size": 0,  # 0: take it from the tokenizer
+            "hidden_size": 64,
+            "intermediate_size": 192,
+            "num_layers": 2,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "head_dim": 16,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 2048,
+            "dtype": "float32",
+            "param_dtype": "float32",
+        }
+    )
+    c.tokenizer = ConfigDict({"path": "", "vocab_size": 1024})  # path "": train the embedded byte-level BPE
+
+    c.executor = ConfigDict(
+        {
+            "num_workers": 2,
+            "timeout_s": 5.0,
+            "max_rows": 10000,
+            "max_cell_bytes": 65536,
+            "heap_limit_bytes": 256 * 1024 * 1024,
+        }
+    )
+    c.reward = ConfigDict({"correct": 1.0, "wrong": 0.0, "bad_format": -1.0, "compare_mode": "bird"})
+
+    c.factory = ConfigDict(
+        {
+            "databases": ("university", "retail", "flights", "hospital", "library", "sports"),
+            "rounds": 2,
+            "candidates_per_round": 600,
+            "max_check_cycles": 3,  # K: generation-as-check regeneration cycles
+            "target_mix": ConfigDict(
+                {"simple": 0.3, "moderate": 0.35, "complex": 0.25, "highly_complex": 0.1}
+            ),
+            "num_examples": 400,
+            "heldout_fraction": 0.15,
+            "question_generator": "rules",  # rules | model
+        }
+    )
+    c.data = ConfigDict({"data_dir": "", "dataset": "agro_sql", "train_split": "train", "eval_split": "test"})
+
+    c.rollout = ConfigDict(
+        {
+            "max_turns": 3,
+            "max_prompt_len": 512,
+            "max_new_tokens_per_turn": 96,
+            "max_total_len": 1024,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "observation_max_rows": 5,
+            "observation_max_chars": 300,
+        }
+    )
+    c.sft = ConfigDict(
+        {"num_selected": 256, "batch_size": 16, "epochs": 3, "optim": optim_config(1e-3, 60, 5)}
+    )
+    c.grpo = ConfigDict(
+        {
+            "steps": 30,
+            "prompts_per_step": 8,
+            "group_size": 4,
+            "beta": 0.0,
+            "clip_low": 0.2,
+            "clip_high": 0.28,
+            "advantage": "grpo",  # grpo | drgrpo
+            "aggregation": "token_mean",  # token_mean | seq_mean_token_mean | drgrpo_constant
+            "updates_per_batch": 1,  # mu
+            "filter_zero_variance": True,
+            "max_resample_rounds": 1,
+            "optim": optim_config(2e-4, 30, 0),
+        }
+    )
+    c.checkpoint = ConfigDict({"every_steps": 10, "keep": 2, "async_save": True})
+    c.eval = ConfigDict({"split": "test", "mode": "bird", "max_examples": 0, "batch_size": 16})
+    return c

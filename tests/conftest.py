@@ -1,0 +1,32 @@
+"""Test setup: an 8-device CPU mesh (set before jax is imported), and paths to the shared Spider data."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# shared/ sits beside the checkout (../shared); CI clones main with shared/ beside it too.
+SPIDER_DIR = next(
+    (
+        p
+        for p in (REPO_ROOT.parent / "shared/benchmarks/spider", REPO_ROOT / "shared/benchmarks/spider")
+        if p.is_dir()
+    ),
+    REPO_ROOT.parent / "shared/benchmarks/spider",
+)
+
+
+@pytest.fixture(scope="session")
+def spider_dir() -> pathlib.Path:
+    if not SPIDER_DIR.is_dir():
+        pytest.fail(
+            f"Spider benchmark data not found at {SPIDER_DIR}; it must sit in ../shared beside the checkout"
+        )
+    return SPIDER_DIR
