@@ -35,9 +35,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path_str!r} has no get_config(arg) function")
     config = module.get_config(arg or None)
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(
-            f"{path_str}:get_config must return an ml_collections.ConfigDict, got {type(config)}"
-        )
+        raise ConfigError(f"{path_str}:get_config must return an ml_collections.ConfigDict, got {type(config)}")
     config.lock()
     return config
 
@@ -97,9 +95,7 @@ def set_by_path(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
 
             close = difflib.get_close_matches(key, _known_keys(config), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"unknown config key config.{key} (no field {'.'.join(parts[: i + 1])!r}){hint}"
-            )
+            raise ConfigError(f"unknown config key config.{key} (no field {'.'.join(parts[: i + 1])!r}){hint}")
         if i < len(parts) - 1:
             node = node[part]
     current = node[parts[-1]]

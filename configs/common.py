@@ -18,9 +18,7 @@ DEFAULT_RULES = (
 
 def mesh_config(shape=(-1, 1, 1)) -> ConfigDict:
     """A (data, fsdp, tensor) mesh; one -1 entry takes all remaining devices."""
-    return ConfigDict(
-        {"shape": tuple(shape), "axis_names": ("data", "fsdp", "tensor"), "rules": DEFAULT_RULES}
-    )
+    return ConfigDict({"shape": tuple(shape), "axis_names": ("data", "fsdp", "tensor"), "rules": DEFAULT_RULES})
 
 
 def optim_config(lr: float, steps: int, warmup_steps: int = 0) -> ConfigDict:

@@ -53,9 +53,7 @@ def get_config(arg=None):
             "rounds": 2,
             "candidates_per_round": 600,
             "max_check_cycles": 3,  # K: generation-as-check regeneration cycles
-            "target_mix": ConfigDict(
-                {"simple": 0.3, "moderate": 0.35, "complex": 0.25, "highly_complex": 0.1}
-            ),
+            "target_mix": ConfigDict({"simple": 0.3, "moderate": 0.35, "complex": 0.25, "highly_complex": 0.1}),
             "num_examples": 400,
             "heldout_fraction": 0.15,
             "question_generator": "rules",  # rules | model
@@ -76,9 +74,7 @@ def get_config(arg=None):
             "observation_max_chars": 300,
         }
     )
-    c.sft = ConfigDict(
-        {"num_selected": 256, "batch_size": 16, "epochs": 3, "optim": optim_config(1e-3, 60, 5)}
-    )
+    c.sft = ConfigDict({"num_selected": 256, "batch_size": 16, "epochs": 3, "optim": optim_config(1e-3, 60, 5)})
     c.grpo = ConfigDict(
         {
             "steps": 30,

@@ -14,11 +14,7 @@ import pytest  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # shared/ sits beside the checkout (../shared); CI clones main with shared/ beside it too.
 SPIDER_DIR = next(
-    (
-        p
-        for p in (REPO_ROOT.parent / "shared/benchmarks/spider", REPO_ROOT / "shared/benchmarks/spider")
-        if p.is_dir()
-    ),
+    (p for p in (REPO_ROOT.parent / "shared/benchmarks/spider", REPO_ROOT / "shared/benchmarks/spider") if p.is_dir()),
     REPO_ROOT.parent / "shared/benchmarks/spider",
 )
 
@@ -26,7 +22,5 @@ SPIDER_DIR = next(
 @pytest.fixture(scope="session")
 def spider_dir() -> pathlib.Path:
     if not SPIDER_DIR.is_dir():
-        pytest.fail(
-            f"Spider benchmark data not found at {SPIDER_DIR}; it must sit in ../shared beside the checkout"
-        )
+        pytest.fail(f"Spider benchmark data not found at {SPIDER_DIR}; it must sit in ../shared beside the checkout")
     return SPIDER_DIR
