@@ -1,0 +1,172 @@
+"""Multi-host correctness: 2 processes x 4 CPU devices (jax.distributed over localhost, gloo collectives) must
+train exactly like 1 process x 8 devices. Each host feeds only its own rows of the global batch and scores them
+with its own SQLite executor pool; the global arrays are built with make_array_from_process_local_data.
+
+This file is also the worker: `python tests/test_multihost.py --process-id i --num-processes n ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+GLOBAL_BATCH, SEQ, VOCAB, STEPS = 16, 8, 64, 3
+
+
+def _make_db(path: pathlib.Path) -> None:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, i % 5) for i in range(40)])
+    con.commit()
+    con.close()
+
+
+def _global_data(step: int):
+    """The whole global batch, identical on every host (each host then keeps only its own rows)."""
+    rng = np.random.default_rng(1000 + step)
+    tokens = rng.integers(0, VOCAB, size=(GLOBAL_BATCH, SEQ), dtype=np.int32)
+    # A "predicted" and a gold SQL per row: the executor decides which rows earn reward 1.
+    pred_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
+    gold_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
+    return tokens, pred_sqls, gold_sqls
+
+
+def _host_rewards(db_path: str, pred_sqls: list[str], gold_sqls: list[str]) -> np.ndarray:
+    """This host's executor pool scores this host's rows (execution match -> 1, else 0)."""
+    rows = []
+    con = sqlite3.connect(db_path)
+    for pred, gold in zip(pred_sqls, gold_sqls, strict=True):
+        rows.append(float(con.execute(pred).fetchall() == con.execute(gold).fetchall()))
+    con.close()
+    return np.asarray(rows, np.float32)
+
+
+def _worker(args) -> None:
+    if args.num_processes > 1:
+        from agro_jax.multihost import maybe_initialize_distributed
+
+        assert maybe_initialize_distributed(f"localhost:{args.port}", args.num_processes, args.process_id)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from agro_jax import multihost
+
+    assert jax.device_count() == 8 and jax.local_device_count() == 8 // args.num_processes
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    data_sharding = multihost.batch_sharding(mesh)
+    rows = multihost.process_batch_slice(data_sharding, GLOBAL_BATCH)
+    assert rows.stop - rows.start == GLOBAL_BATCH // args.num_processes
+
+    # Tiny embedding-MLP language model; params sharded over fsdp so updates need cross-host collectives.
+    key = jax.random.key(0)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {
+        "embed": jax.random.normal(k1, (VOCAB, 32)) * 0.1,
+        "w1": jax.random.normal(k2, (32, 64)) * 0.1,
+        "w2": jax.random.normal(k3, (64, VOCAB)) * 0.1,
+    }
+    param_sharding = {k: NamedSharding(mesh, P("fsdp")) for k in params}
+    params = jax.device_put(params, param_sharding)
+    opt = optax.adamw(1e-2)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, tokens_BxT, rewards_B):
+        h_BxTxD = p["embed"][tokens_BxT[:, :-1]]
+        logits_BxTxV = jax.nn.gelu(h_BxTxD @ p["w1"]) @ p["w2"]
+        logp_BxT = jnp.take_along_axis(jax.nn.log_softmax(logits_BxTxV), tokens_BxT[:, 1:, None], -1)[..., 0]
+        adv_B = rewards_B - rewards_B.mean()
+        return -jnp.mean((adv_B[:, None] + 0.1) * logp_BxT)
+
+    @jax.jit
+    def train_step(p, s, tokens_BxT, rewards_B):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens_BxT, rewards_B)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    losses, reward_sums = [], []
+    for step in range(STEPS):
+        tokens, pred_sqls, gold_sqls = _global_data(step)
+        local_rewards = _host_rewards(args.db, pred_sqls[rows], gold_sqls[rows])
+        batch = multihost.global_batch_from_local({"tokens": tokens[rows], "rewards": local_rewards}, data_sharding)
+        assert batch["tokens"].shape == (GLOBAL_BATCH, SEQ)
+        assert batch["tokens"].is_fully_addressable == (args.num_processes == 1)
+        params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["rewards"])
+        losses.append(float(loss))
+        reward_sums.append(float(multihost.host_gather(batch["rewards"]).sum()))
+    flat = multihost.host_gather(params)
+    checksum = float(sum(np.abs(np.asarray(v, np.float64)).sum() for v in jax.tree.leaves(flat)))
+    multihost.sync("done")
+    out = {"losses": losses, "reward_sums": reward_sums, "checksum": checksum, "rows": [rows.start, rows.stop]}
+    pathlib.Path(args.out).write_text(json.dumps(out))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp: pathlib.Path, db: pathlib.Path, num_processes: int, port: int) -> list[subprocess.Popen]:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // num_processes}")
+    procs = []
+    for i in range(num_processes):
+        cmd = [sys.executable, __file__, "--process-id", str(i), "--num-processes", str(num_processes)]
+        cmd += ["--port", str(port), "--db", str(db), "--out", str(tmp / f"out_{num_processes}_{i}.json")]
+        log = open(tmp / f"log_{num_processes}_{i}.txt", "w")  # noqa: SIM115 - closed by the process ending
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(tmp: pathlib.Path, procs: list[subprocess.Popen], num_processes: int) -> list[dict]:
+    for i, p in enumerate(procs):
+        try:
+            rc = p.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            rc = "timeout"
+        if rc != 0:
+            log = (tmp / f"log_{num_processes}_{i}.txt").read_text()[-4000:]
+            pytest.fail(f"worker {i}/{num_processes} exited with {rc}:\n{log}")
+    return [json.loads((tmp / f"out_{num_processes}_{i}.json").read_text()) for i in range(num_processes)]
+
+
+def test_two_hosts_match_one_host(tmp_path):
+    db = tmp_path / "t.sqlite"
+    _make_db(db)
+    # Both runs at once: the 2-process pair and the 1-process reference (shared 2-core CPU, so overlap helps).
+    multi = _launch(tmp_path, db, 2, _free_port())
+    single = _launch(tmp_path, db, 1, _free_port())
+    (ref,) = _wait(tmp_path, single, 1)
+    hosts = _wait(tmp_path, multi, 2)
+
+    assert hosts[0]["rows"] == [0, 8] and hosts[1]["rows"] == [8, 16]  # each host fed only its own half
+    # Rewards are mixed (so advantages are non-zero) and the loss moves.
+    assert 0 < ref["reward_sums"][2] < GLOBAL_BATCH and len(set(ref["losses"])) == STEPS
+    for h in hosts:
+        np.testing.assert_allclose(h["reward_sums"], ref["reward_sums"], rtol=0, atol=0)
+        np.testing.assert_allclose(h["losses"], ref["losses"], rtol=1e-6)
+        np.testing.assert_allclose(h["checksum"], ref["checksum"], rtol=1e-6)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    for name in ("--process-id", "--num-processes", "--port"):
+        parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--out", required=True)
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    _worker(parser.parse_args())
