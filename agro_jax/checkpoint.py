@@ -89,3 +89,37 @@ def export_hf(model, model_cfg, out_dir) -> pathlib.Path:
     out = pathlib.Path(out_dir)
     save_hf_checkpoint(model, model_cfg, out)
     return out
+
+
+def _path_key(path) -> tuple[str, ...]:
+    out = []
+    for p in path:
+        k = getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))
+        out.append(str(k))
+    return tuple(x for x in out if x != "value")
+
+
+def load_params(directory, params, step: int | None = None):
+    """Params only, from a Checkpointer directory (e.g. the SFT stage's), placed like the live `params` tree.
+
+    Used for `init_from`: a new stage starts from another stage's weights with a fresh optimizer.
+    """
+    directory = pathlib.Path(directory).absolute()
+    if step is None:
+        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {directory}")
+        step = steps[-1]
+    raw = ocp.PyTreeCheckpointer().restore(directory / str(step) / "state")["params"]
+    by_path = {_path_key(p): v for p, v in jax.tree_util.tree_leaves_with_path(raw)}
+
+    def pick(path, live):
+        key = _path_key(path)
+        if key not in by_path:
+            raise KeyError(f"checkpoint {directory}/{step} has no parameter {'/'.join(key)}")
+        value = np.asarray(by_path[key])
+        if value.shape != live.shape:
+            raise ValueError(f"parameter {'/'.join(key)}: checkpoint shape {value.shape} != model {live.shape}")
+        return jax.device_put(value.astype(live.dtype), live.sharding)
+
+    return jax.tree_util.tree_map_with_path(pick, params)

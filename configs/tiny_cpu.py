@@ -88,9 +88,11 @@ def get_config(arg=None):
             "updates_per_batch": 1,  # mu
             "filter_zero_variance": True,
             "max_resample_rounds": 1,
+            "recompute_old_logp": False,  # True: old logprobs from a training-side forward, not the sampler
+            "env": "sql",  # sql (agent + executor rollouts) | toy (learnable smoke task, no data needed)
             "optim": optim_config(2e-4, 30, 0),
         }
     )
-    c.checkpoint = ConfigDict({"every_steps": 10, "keep": 2, "async_save": True})
+    c.checkpoint = ConfigDict({"every_steps": 10, "keep": 2, "async_save": True, "export_hf": True})
     c.eval = ConfigDict({"split": "test", "mode": "bird", "max_examples": 0, "batch_size": 16})
     return c
