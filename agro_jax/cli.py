@@ -10,7 +10,10 @@ import importlib
 import sys
 
 # name -> ("module:function", help). The function takes (config, args) and returns an exit code or None.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "sweep": ("agro_jax.sweep:sweep_main", "run or print a hyper-parameter sweep of another subcommand"),
+    "report": ("agro_jax.report:report_main", "write report.md + plots from a run folder's metrics"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     args.extra = extra
+    args.overrides = overrides  # the --config.* strings, for subcommands that spawn others (sweep)
+    from agro_jax.multihost import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # no-op unless AGRO_* env vars ask for multi-host (launch_tpu.sh sets them)
     return int(func(config, args) or 0)
 
 
