@@ -11,6 +11,7 @@ import sys
 
 # name -> ("module:function", help). The function takes (config, args) and returns an exit code or None.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "grpo": ("agro_jax.train:grpo_main", "GRPO stage: rollouts, rewards, updates; resumes its own checkpoints"),
     "sweep": ("agro_jax.sweep:sweep_main", "run or print a hyper-parameter sweep of another subcommand"),
     "report": ("agro_jax.report:report_main", "write report.md + plots from a run folder's metrics"),
 }

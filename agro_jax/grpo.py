@@ -139,7 +139,7 @@ def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, gr
         tok = jnp.maximum(st["tokens"], 1.0)
         metrics = {
             "loss": s / denom,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "clip_frac": st["clipped"] / tok,
             "ratio_mean": st["ratio"] / tok,
             "entropy": st["entropy"] / tok,

@@ -1,0 +1,112 @@
+"""The GRPO stage end to end on the toy env: kill -9 + resume is bit-exact; beta=0 holds/runs no reference."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOY = [
+    "--config",
+    "configs/tiny_cpu.py",
+    "--config.grpo.env=toy",
+    "--config.model.vocab_size=64",
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
+    "--config.grpo.prompts_per_step=4",
+    "--config.grpo.group_size=4",
+    "--config.grpo.optim.learning_rate=0.003",
+    "--config.checkpoint.export_hf=false",
+]
+
+
+def _overrides(config, items):
+    from agro_jax.config import apply_overrides
+
+    return apply_overrides(config, [x for x in items if x.startswith("--config.")])
+
+
+def toy_config(*extra):
+    from agro_jax.config import load_config
+
+    return _overrides(load_config("configs/tiny_cpu.py"), TOY[2:] + list(extra))
+
+
+def _grpo_cmd(workdir, steps):
+    extra = [f"--config.grpo.steps={steps}", "--config.checkpoint.every_steps=3", "--config.checkpoint.keep=20"]
+    return [sys.executable, "-m", "agro_jax.cli", "grpo", "--workdir", str(workdir), *TOY, *extra]
+
+
+def _final_params(workdir, step):
+    import jax
+    import orbax.checkpoint as ocp
+
+    from agro_jax.checkpoint import _path_key
+
+    raw = ocp.PyTreeCheckpointer().restore(pathlib.Path(workdir).absolute() / "grpo/checkpoints" / str(step) / "state")
+    return {_path_key(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(raw)}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.mark.slow
+def test_kill9_and_resume_is_bit_exact(tmp_path):
+    steps = 30
+    ref = subprocess.run(_grpo_cmd(tmp_path / "ref", steps), cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _grpo_cmd(work, steps), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    ckpts = work / "grpo/checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = [p for p in ckpts.glob("*") if p.name.isdigit() and (p / "commit_success.txt").exists()]
+        if any(int(p.name) >= 6 for p in done):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    metrics_lines = (work / "grpo/metrics.jsonl").read_text().splitlines()
+    assert len(metrics_lines) < steps, "killed run must not have finished"
+
+    resumed = subprocess.run(_grpo_cmd(work, steps), cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    a, b = _final_params(tmp_path / "ref", steps), _final_params(work, steps)
+    assert a.keys() == b.keys() and len(a) > 3
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"param {'/'.join(k)} differs after kill+resume")
+    # And training actually moved the params (the comparison is not between two untouched inits).
+    first = _final_params(work, 6)
+    assert any(not np.array_equal(first[k], a[k]) for k in a)
+
+
+def test_beta_zero_runs_no_reference_and_beta_positive_does(tmp_path):
+    from agro_jax import train
+    from agro_jax.metrics import read_metrics
+
+    final = train.run_grpo(toy_config("--config.grpo.steps=2", "--config.grpo.beta=0.0"), str(tmp_path / "b0"))
+    assert final is not None and final.name == "2"
+    assert train.run_grpo.last_counters == {"ref_forwards": 0, "ref_params_held": False}
+    rows = read_metrics(tmp_path / "b0/grpo/metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and "kl" not in rows[0]
+
+    train.run_grpo(toy_config("--config.grpo.steps=2", "--config.grpo.beta=0.1"), str(tmp_path / "b1"))
+    assert train.run_grpo.last_counters == {"ref_forwards": 2, "ref_params_held": True}
+    rows = read_metrics(tmp_path / "b1/grpo/metrics.jsonl")
+    # The policy moved after step 1, so step 2 sees a positive k3 KL to the frozen reference.
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["kl"] > 0
+    for key in ("reward_mean", "reward_std", "clip_frac", "entropy", "completion_len", "time/rollout", "time/update"):
+        assert key in rows[1], key
