@@ -137,7 +137,7 @@ def expand(
             load_config(config_spec, [*base_overrides, *cli])
         except ConfigError as e:
             raise ConfigError(f"sweep variant {i} {overrides}: {e}") from None
-        wd = str(pathlib.PurePosixPath(workdir) / "sweep" / name)
+        wd = f"{str(workdir).rstrip('/')}/sweep/{name}"  # not pathlib: it would turn gs://b into gs:/b
         argv = ("agro-sql", stage, "--config", config_spec, *base_overrides, *cli, "--workdir", wd)
         variants.append(Variant(name, overrides, wd, argv))
     return variants
