@@ -162,6 +162,22 @@ def test_two_hosts_match_one_host(tmp_path):
         np.testing.assert_allclose(h["checksum"], ref["checksum"], rtol=1e-6)
 
 
+def test_initialize_arguments_are_checked_without_starting_anything():
+    from agro_jax.multihost import maybe_initialize_distributed, process_slice
+
+    assert maybe_initialize_distributed(env={}) is False  # nothing asked: a plain single-process run
+    assert maybe_initialize_distributed("localhost:1", 1, 0, env={}) is False  # one process: nothing to start
+    with pytest.raises(ValueError, match="got coordinator_address but not num_processes, process_id"):
+        maybe_initialize_distributed(env={"AGRO_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\), got 2"):
+        maybe_initialize_distributed("h:1", 2, 2, env={})
+    with pytest.raises(ValueError, match="AGRO_NUM_PROCESSES must be an integer, got 'two'"):
+        maybe_initialize_distributed(env={"AGRO_NUM_PROCESSES": "two"})
+    assert process_slice(12, index=2, count=3) == slice(8, 12)
+    with pytest.raises(ValueError, match="cannot split 10 items evenly over 3 processes"):
+        process_slice(10, index=0, count=3)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     for name in ("--process-id", "--num-processes", "--port"):
