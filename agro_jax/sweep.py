@@ -161,7 +161,8 @@ def write_script(commands: list[list[str]], path: pathlib.Path) -> None:
 def run_commands(commands: list[list[str]], logs: list[pathlib.Path], max_parallel: int = 1) -> list[dict]:
     """Runs every command (a real subprocess each, at most `max_parallel` at once), stdout+stderr to its log.
 
-    `agro-sql` as argv[0] runs as `python -m agro_jax.cli` of this interpreter, so no PATH lookup is needed.
+    `agro-sql` as argv[0] runs as `python -m agro_jax.cli` of this interpreter (no PATH lookup needed), and
+    `./launch_tpu.sh` as the repository's script.
     Returns [{returncode, seconds}] in input order; never stops early so one bad variant does not hide the rest.
     """
     if max_parallel < 1:
@@ -176,6 +177,8 @@ def run_commands(commands: list[list[str]], logs: list[pathlib.Path], max_parall
             cmd = list(commands[i])
             if cmd[0] == "agro-sql":
                 cmd = [sys.executable, "-m", "agro_jax.cli", *cmd[1:]]
+            elif cmd[0] == "./launch_tpu.sh":  # the repo's own script, wherever the sweep is started from
+                cmd = ["bash", str(pathlib.Path(__file__).resolve().parents[1] / "launch_tpu.sh"), *cmd[1:]]
             logs[i].parent.mkdir(parents=True, exist_ok=True)
             log = open(logs[i], "w")  # noqa: SIM115 - closed when the process ends
             running[i] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time(), log)

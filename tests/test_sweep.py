@@ -94,7 +94,8 @@ def test_cli_dry_run_prints_and_writes_commands(tmp_path, capsys):
     assert not (tmp_path / "sweep/00_learning_rate=0.0001,steps=5").exists()  # dry run: nothing ran
 
 
-def test_tpu_launcher_commands_are_accepted_by_launch_tpu(tmp_path, capsys):
+def test_tpu_launcher_commands_are_accepted_by_launch_tpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # TPU config specs are repo-relative (the repo is what gets copied)
     tpu_args = "--zone us-east5-a --accelerator-type v4-8 --dry-run"
     argv = ["sweep", "--config", "configs/tiny_cpu.py", "--workdir", "gs://b/sw", "--sweep", LR_BETA + ":quick"]
     argv += ["--stage", "report", "--launcher", "tpu", "--tpu-args", tpu_args, "--tpu-name", "lr", "--dry-run"]
@@ -102,7 +103,12 @@ def test_tpu_launcher_commands_are_accepted_by_launch_tpu(tmp_path, capsys):
     cmd = shlex.split(capsys.readouterr().out.splitlines()[1])
     assert cmd[:7] == ["./launch_tpu.sh", "--name", "lr-00", "--config", "configs/tiny_cpu.py", "--stage", "report"]
     # launch_tpu.sh itself (in its own dry-run) turns it into the remote agro-sql command with the overrides.
-    out = subprocess.run(["bash", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    # (run by the sweep runner exactly as a non-dry sweep would, from a cwd outside the repo)
+    log = tmp_path / "tpu.log"
+    monkeypatch.chdir(tmp_path)
+    assert sw.run_commands([cmd], [log]) == [{"returncode": 0, "seconds": pytest.approx(0, abs=60)}]
+    out = log.read_text()
+    assert "gcloud compute tpus tpu-vm create lr-00 --zone=us-east5-a --accelerator-type=v4-8" in out
     (remote,) = [c for c in out.splitlines() if "agro-sql report" in c]
     words = shlex.split(shlex.split(remote)[-1].partition("=")[2])  # what the worker's shell runs
     i = words.index("agro-sql")
