@@ -230,6 +230,94 @@ def rollout_metrics(ro, reward_cfg, keep_B) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
+# ----------------------------------------------------------------------------------------------------------- SFT
+
+
+def resolve_tokenizer(config, workdir, tokenizer=None):
+    """The tokenizer given, else config.tokenizer.path, else <workdir>/tokenizer (written by the pipeline)."""
+    if tokenizer is not None:
+        return tokenizer
+    from agro_jax.model.tokenizer import load_tokenizer
+
+    for path in (config.tokenizer.path, pathlib.Path(workdir) / "tokenizer"):
+        if path and pathlib.Path(path).is_dir():
+            return load_tokenizer(str(path))
+    raise FileNotFoundError(
+        f"no tokenizer: config.tokenizer.path is {config.tokenizer.path!r} and {workdir}/tokenizer does not exist"
+    )
+
+
+def sft_sequences(config, workdir, tokenizer, examples=None):
+    """Factory examples -> gold trajectories -> diversity selection -> [(tokens, agent_mask)]; logs the selection."""
+    import json
+
+    from agro_jax import sft
+    from agro_jax.sql.executor import Executor
+
+    if examples is None:
+        from agro_jax.data import load_examples
+
+        examples = load_examples(config.data.data_dir, config.data.train_split)
+    with Executor.from_config(config.executor) as executor:
+        trajs = sft.build_trajectories(examples, executor, config.rollout)
+    chosen = sft.select_trajectories(trajs, int(config.sft.num_selected), int(config.seed))
+    out = stage_dir(workdir, "sft")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "selected.jsonl", "w") as f:
+        for t in chosen:
+            f.write(json.dumps({"question": t["example"]["question"], "sql": t["sql"]}) + "\n")
+    print(f"[sft] {len(trajs)} gold trajectories from {len(examples)} examples; selected {len(chosen)}")
+    return sft.tokenize_trajectories(chosen, tokenizer, int(config.rollout.max_total_len))
+
+
+def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=None, init_from=None, max_steps=None):
+    """Cold-start SFT stage. `sequences` ([(tokens, agent_mask)]) skips trajectory building (tests, custom data).
+    Returns the path of the final checkpoint (<workdir>/sft/checkpoints/<step>)."""
+    from agro_jax import sft
+    from agro_jax.sharding import shard_batch
+
+    workdir = workdir or config.workdir
+    cfg = config.sft
+    if sequences is None:
+        tokenizer = resolve_tokenizer(config, workdir, tokenizer)
+        sequences = sft_sequences(config, workdir, tokenizer, examples)
+    vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    mesh, model, model_cfg = build_policy(config, vocab, init_from)
+    graphdef, params, rest = grpo.split_model(model)
+    batches = sft.SFTBatches(sequences, int(cfg.batch_size), int(config.seed), pad_id)
+    steps = int(cfg.epochs) * batches.steps_per_epoch
+    steps = steps if max_steps is None else min(steps, max_steps)
+    step_fn = None
+    timer = metrics.Timer()
+
+    def one_step(step, params, opt_state, optimizer, rng):
+        nonlocal step_fn
+        step_fn = step_fn or sft.make_sft_step(graphdef, rest, optimizer, int(cfg.optim.grad_accum_steps))
+        with timer("update"):
+            batch = shard_batch(next(batches), mesh)
+            params, opt_state, m = step_fn(params, opt_state, batch)
+            m = jax.device_get(m)
+        m.update(timer.pop())
+        m["epoch"] = batches.epoch
+        return params, opt_state, m
+
+    with jax.set_mesh(mesh):
+        params, final = train_loop(
+            "sft",
+            config,
+            cfg,
+            workdir,
+            params=params,
+            total_steps=steps,
+            data_iter=batches,
+            one_step=one_step,
+            rng=jax.random.key(int(config.seed)),
+        )
+    _maybe_export(config, "sft", workdir, model, model_cfg, params)
+    return final
+
+
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -250,8 +338,6 @@ def grpo_main(config, args) -> int:
 
 
 def sft_main(config, args) -> int:
-    from agro_jax.sft import run_sft
-
     a = _parse(args, "sft")
     final = run_sft(
         config, getattr(args, "workdir", None) or config.workdir, init_from=a.init_from, max_steps=a.max_steps
