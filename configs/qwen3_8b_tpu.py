@@ -27,11 +27,14 @@ def get_config(arg=None):
     c.sft.batch_size = 64
     c.sft.epochs = 2
     c.sft.optim = optim_config(1e-5, 128, 10)
+    c.sft.optim.grad_accum_steps = 4
     c.grpo.steps = 300
     c.grpo.prompts_per_step = 256
     c.grpo.group_size = 10
     c.grpo.beta = 0.001
     c.grpo.optim = optim_config(5e-6, 300, 10)
+    c.grpo.optim.grad_accum_steps = 40  # 2560 sequences per step -> 64 per micro-batch
+    c.grpo.recompute_old_logp = True  # sampling at T=0.7: take old logprobs from the untempered policy
     c.checkpoint.every_steps = 20
     c.eval.batch_size = 64
     return c
