@@ -184,7 +184,7 @@ def collect_rollouts(env, params, data_iter, rng, cfg):
     cfg.max_resample_rounds extra rounds (dynamic sampling). Groups still uninformative stay in the batch with
     keep=False (zero loss weight), so the batch shape and the jit stay fixed. Returns (arrays, keep_B, first)."""
     first = _arrays(env.rollout(params, next(data_iter), jax.random.fold_in(rng, 0)))
-    ro = dict(first)
+    ro = {k: v.copy() for k, v in first.items()}  # filled in place below; `first` stays as sampled
     keep = np.ones(len(ro["rewards_B"]), bool)
     if cfg.filter_zero_variance:
         keep = grpo.filter_zero_variance(ro["rewards_B"], ro["group_ids_B"])
