@@ -95,17 +95,20 @@ def test_cli_dry_run_prints_and_writes_commands(tmp_path, capsys):
 
 
 def test_tpu_launcher_commands_are_accepted_by_launch_tpu(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)  # TPU config specs are repo-relative (the repo is what gets copied)
+    # TPU config specs are repo-relative (the repo is what gets copied): run from a dir where they resolve.
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)
     tpu_args = "--zone us-east5-a --accelerator-type v4-8 --dry-run"
     argv = ["sweep", "--config", "configs/tiny_cpu.py", "--workdir", "gs://b/sw", "--sweep", LR_BETA + ":quick"]
     argv += ["--stage", "report", "--launcher", "tpu", "--tpu-args", tpu_args, "--tpu-name", "lr", "--dry-run"]
     assert main(argv) == 0
+    # commands.sh of a gs:// sweep goes under ./runs/<escaped url>/, never into a local "gs:" folder.
+    assert (tmp_path / "runs/gs_b_sw/sweep/commands.sh").is_file() and not (tmp_path / "gs:").exists()
     cmd = shlex.split(capsys.readouterr().out.splitlines()[1])
     assert cmd[:7] == ["./launch_tpu.sh", "--name", "lr-00", "--config", "configs/tiny_cpu.py", "--stage", "report"]
     # launch_tpu.sh itself (in its own dry-run) turns it into the remote agro-sql command with the overrides.
     # (run by the sweep runner exactly as a non-dry sweep would, from a cwd outside the repo)
     log = tmp_path / "tpu.log"
-    monkeypatch.chdir(tmp_path)
     assert sw.run_commands([cmd], [log]) == [{"returncode": 0, "seconds": pytest.approx(0, abs=60)}]
     out = log.read_text()
     assert "gcloud compute tpus tpu-vm create lr-00 --zone=us-east5-a --accelerator-type=v4-8" in out
