@@ -239,7 +239,7 @@ def sweep_main(config, args) -> int:
         for c in commands:
             print(shlex.join(c))
         return 0
-    logs = [pathlib.Path(v.workdir) / "sweep_stdout.log" for v in variants]
+    logs = [sweep_dir / "logs" / f"{v.name}.log" for v in variants]  # local even when workdirs are gs://
     results = run_commands(commands, logs, a.max_parallel)
     summary = [
         {"name": v.name, "overrides": v.overrides, "workdir": v.workdir, "log": str(log), **r}
