@@ -74,21 +74,46 @@ def split_model(model):
     return nnx.split(model, nnx.Param, ...)
 
 
+def to_micro(tree: dict, micro_batches: int) -> dict:
+    """Host-side [B, ...] -> [B/M, M, ...], the device layout of every batch array.
+
+    The batch dim stays leading so shard_batch shards it over (data, fsdp); micro-batch m is rows m, M+m, 2M+m, ...
+    Splitting inside jit instead would reshape a sharded dim, which explicit-axis meshes reject.
+    """
+    out = {}
+    for k, v in tree.items():
+        v = np.asarray(v)
+        if v.shape[0] % micro_batches:
+            raise ValueError(f"batch array {k}: {v.shape[0]} rows not divisible by grad_accum_steps={micro_batches}")
+        out[k] = v.reshape(v.shape[0] // micro_batches, micro_batches, *v.shape[1:])
+    return out
+
+
+def _micro_major(tree):
+    """[b, M, ...] -> [M, b, ...] inside jit (a transpose: shardings follow) so lax.scan walks the micro-batches."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)
+
+
 def make_logp_fn(graphdef, rest):
-    """Jitted (params, tokens, valid) -> logp_BxT: old/ref logprobs for a batch (no grad)."""
+    """Jitted (params, tokens_bxMxT, valid_bxMxT) -> logp_bxMxT (no grad): old/ref logprobs, one micro-batch at a
+    time so the reference forward never holds more activations than a training micro-batch."""
 
     @jax.jit
-    def logp_fn(params, tokens_BxT, valid_BxT):
-        return sequence_logprobs(nnx.merge(graphdef, params, rest), tokens_BxT, valid_BxT)[0]
+    def logp_fn(params, tokens, valid):
+        model = nnx.merge(graphdef, params, rest)
+        body = lambda _, tv: (None, sequence_logprobs(model, tv[0], tv[1])[0])
+        _, logp_MxbxT = jax.lax.scan(body, None, _micro_major((tokens, valid)))
+        return jnp.swapaxes(logp_MxbxT, 0, 1)
 
     return logp_fn
 
 
-def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, grpo_cfg, micro_batches: int):
+def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, grpo_cfg):
     """Jitted (params, opt_state, batch_tree) -> (params, opt_state, metrics); one optimizer step.
 
-    The batch is split into `micro_batches` slices scanned in sequence; grads of the loss *sums* and the counts are
-    accumulated and divided once, so the step equals the full-batch step for every aggregation mode.
+    The batch comes in the to_micro layout [b, M, ...]; the M micro-batches are scanned in sequence, grads of the
+    loss *sums* and the counts accumulated and divided once: the step equals the full-batch step for every
+    aggregation mode.
     """
     beta = float(grpo_cfg.beta)
     loss_kw = dict(
@@ -117,10 +142,7 @@ def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, gr
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch):
-        b = batch["tokens_BxT"].shape[0]
-        if b % micro_batches:
-            raise ValueError(f"batch size {b} is not divisible by optim.grad_accum_steps={micro_batches}")
-        mbs = jax.tree.map(lambda x: x.reshape(micro_batches, b // micro_batches, *x.shape[1:]), batch)
+        mbs = _micro_major(batch)
 
         def body(carry, mb):
             g_acc, s_acc, c_acc, st_acc = carry

@@ -116,9 +116,9 @@ class SFTBatches:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
-def make_sft_step(graphdef, rest, optimizer: optax.GradientTransformation, micro_batches: int):
+def make_sft_step(graphdef, rest, optimizer: optax.GradientTransformation):
     """Jitted (params, opt_state, batch) -> (params, opt_state, metrics): token-mean NLL over agent tokens only,
-    micro-batched exactly as in grpo.make_update_step (sum of grads of loss sums / total agent tokens)."""
+    batch in grpo.to_micro layout, micro-batched exactly as in grpo.make_update_step."""
 
     def loss_fn(params, mb):
         logp_BxT, _ = grpo.sequence_logprobs(nnx.merge(graphdef, params, rest), mb["tokens_BxT"], mb["valid_BxT"])
@@ -129,10 +129,7 @@ def make_sft_step(graphdef, rest, optimizer: optax.GradientTransformation, micro
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch):
-        b = batch["tokens_BxT"].shape[0]
-        if b % micro_batches:
-            raise ValueError(f"sft.batch_size {b} is not divisible by sft.optim.grad_accum_steps={micro_batches}")
-        mbs = jax.tree.map(lambda x: x.reshape(micro_batches, b // micro_batches, *x.shape[1:]), batch)
+        mbs = grpo._micro_major(batch)
 
         def body(carry, mb):
             g_acc, s_acc, c_acc = carry

@@ -128,13 +128,13 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     def one_step(step, params, opt_state, optimizer, rng):
         nonlocal update_step
         if update_step is None:
-            update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg, micro)
+            update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
         with timer("rollout"):
             ro, keep_B, first = collect_rollouts(env, params, data_iter, rng, cfg)
         batch = grpo.make_batch(ro, cfg, keep_B)
         t0 = time.perf_counter()
         with timer("update"):
-            tree = shard_batch(batch.tree(), mesh)
+            tree = shard_batch(grpo.to_micro(batch.tree(), micro), mesh)
             if cfg.get("recompute_old_logp", False):
                 tree["old_logp_BxT"] = logp_fn(params, tree["tokens_BxT"], tree["valid_BxT"])
             if ref_params is not None:
@@ -293,9 +293,9 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
 
     def one_step(step, params, opt_state, optimizer, rng):
         nonlocal step_fn
-        step_fn = step_fn or sft.make_sft_step(graphdef, rest, optimizer, int(cfg.optim.grad_accum_steps))
+        step_fn = step_fn or sft.make_sft_step(graphdef, rest, optimizer)
         with timer("update"):
-            batch = shard_batch(next(batches), mesh)
+            batch = shard_batch(grpo.to_micro(next(batches), int(cfg.optim.grad_accum_steps)), mesh)
             params, opt_state, m = step_fn(params, opt_state, batch)
             m = jax.device_get(m)
         m.update(timer.pop())

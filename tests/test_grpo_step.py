@@ -3,7 +3,6 @@
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_grpo import toy_config
@@ -18,7 +17,7 @@ def setup():
     mesh, model, _ = build_policy(config, 64)
     graphdef, params, rest = grpo.split_model(model)
     rng = np.random.default_rng(0)
-    b, t = 8, 12
+    b, t = 32, 12
     tokens = rng.integers(0, 64, (b, t)).astype(np.int32)
     valid = np.ones((b, t), bool)
     valid[:2, -3:] = False  # right padding on two rows
@@ -26,14 +25,14 @@ def setup():
     mask[:, 5:] = 1.0
     mask = mask * valid
     with jax.set_mesh(mesh):
-        logp = np.asarray(grpo.make_logp_fn(graphdef, rest)(params, jnp.asarray(tokens), jnp.asarray(valid)))
+        logp = np.asarray(grpo.make_logp_fn(graphdef, rest)(params, tokens[:, None], valid[:, None]))[:, 0]
     batch = {
         "tokens_BxT": tokens,
         "valid_BxT": valid,
         "loss_mask_BxT": mask,
         # Old logprobs perturbed so that ratios spread over both clip sides.
         "old_logp_BxT": (logp + rng.normal(0, 0.3, (b, t))).astype(np.float32),
-        "adv_B": np.array([1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.2, -0.2], np.float32),
+        "adv_B": np.tile(np.array([1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.2, -0.2], np.float32), 4),
     }
     return config, mesh, graphdef, rest, params, batch
 
@@ -50,8 +49,8 @@ def test_micro_batching_is_exact(setup, aggregation):
     with jax.set_mesh(mesh):
         for micro in (1, 4):
             p = jax.tree.map(lambda x: x.copy(), params)
-            step = grpo.make_update_step(graphdef, rest, opt, config.grpo, micro)
-            p, _, m = step(p, opt.init(p), batch)
+            step = grpo.make_update_step(graphdef, rest, opt, config.grpo)
+            p, _, m = step(p, opt.init(p), grpo.to_micro(batch, micro))
             out[micro] = (jax.tree.map(np.asarray, p), jax.device_get(m))
     assert 0 < out[1][1]["clip_frac"] < 1
     np.testing.assert_allclose(out[1][1]["loss"], out[4][1]["loss"], rtol=1e-5, atol=1e-7)
@@ -66,11 +65,12 @@ def test_mu_updates_reuse_old_logprobs(setup):
     config, mesh, graphdef, rest, params, batch = setup
     batch = dict(batch)
     with jax.set_mesh(mesh):
+        batch = grpo.to_micro(batch, 2)
         batch["old_logp_BxT"] = np.asarray(
-            grpo.make_logp_fn(graphdef, rest)(params, jnp.asarray(batch["tokens_BxT"]), batch["valid_BxT"])
+            grpo.make_logp_fn(graphdef, rest)(params, batch["tokens_BxT"], batch["valid_BxT"])
         )
         opt = optim.make_optimizer(config.grpo.optim)
-        step = grpo.make_update_step(graphdef, rest, opt, config.grpo, 1)
+        step = grpo.make_update_step(graphdef, rest, opt, config.grpo)
         p = jax.tree.map(lambda x: x.copy(), params)
         state = opt.init(p)
         p, state, m1 = step(p, state, batch)
