@@ -150,7 +150,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         return params, opt_state, m
 
     steps = int(cfg.steps) if max_steps is None else min(int(cfg.steps), max_steps)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), _closing(env):
         params, final = train_loop(
             "grpo",
             config,
@@ -165,6 +165,20 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     run_grpo.last_counters = dict(counters, ref_params_held=ref_params is not None)
     _maybe_export(config, "grpo", workdir, model, model_cfg, params)
     return final
+
+
+class _closing:
+    """Closes the env (its executor pool) however the loop ends."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def __enter__(self):
+        return self.env
+
+    def __exit__(self, *exc):
+        if hasattr(self.env, "close"):
+            self.env.close()
 
 
 def _arrays(ro) -> dict:

@@ -102,6 +102,7 @@ def test_beta_zero_runs_no_reference_and_beta_positive_does(tmp_path):
     assert train.run_grpo.last_counters == {"ref_forwards": 0, "ref_params_held": False}
     rows = read_metrics(tmp_path / "b0/grpo/metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and "kl" not in rows[0]
+    assert list((tmp_path / "b0/grpo/tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
     train.run_grpo(toy_config("--config.grpo.steps=2", "--config.grpo.beta=0.1"), str(tmp_path / "b1"))
     assert train.run_grpo.last_counters == {"ref_forwards": 2, "ref_params_held": True}
