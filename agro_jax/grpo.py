@@ -154,10 +154,15 @@ def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, gr
         first_mb = jax.tree.map(lambda x: x[0], mbs)
         zero_st = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_fn, params, first_mb)[1][1])
         (g, s, c, st), _ = jax.lax.scan(body, (zero_g, 0.0, 0.0, zero_st), mbs)
-        denom = jnp.maximum(c, 1e-8)  # an all-masked batch (every group filtered) gives a zero update
+        denom = jnp.maximum(c, 1e-8)
         grads = jax.tree.map(lambda x: x / denom, g)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        # No agent token carries weight (every group filtered out): skip the step entirely, so Adam momentum and
+        # weight decay don't move the policy on a batch without signal.
+        has_signal = st["tokens"] > 0
+        keep = lambda new, old: jnp.where(has_signal, new, old)
+        params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
         tok = jnp.maximum(st["tokens"], 1.0)
         metrics = {
             "loss": s / denom,

@@ -122,3 +122,19 @@ def test_dynamic_sampling_replaces_zero_variance_groups():
     cfg.max_resample_rounds = 1
     ro, keep, _ = collect_rollouts(env, None, iter(range(10)), jax.random.key(0), cfg)
     assert keep.tolist() == [False, False, True, True]
+
+
+def test_batch_without_signal_leaves_policy_and_optimizer_untouched(setup):
+    from agro_jax import grpo, optim
+
+    config, mesh, graphdef, rest, params, batch = setup
+    batch = dict(batch, loss_mask_BxT=np.zeros_like(batch["loss_mask_BxT"]))  # every group filtered out
+    opt = optim.make_optimizer(config.grpo.optim)
+    with jax.set_mesh(mesh):
+        p = jax.tree.map(lambda x: x.copy(), params)
+        state = opt.init(p)
+        before = jax.tree.map(np.asarray, (p, state))
+        p, state, m = grpo.make_update_step(graphdef, rest, opt, config.grpo)(p, state, grpo.to_micro(batch, 1))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((p, state))):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert float(m["train_tokens"]) == 0
