@@ -145,6 +145,8 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
             m = jax.device_get(m)
         m.update(rollout_metrics(first, config.reward, keep_B))
         m.update(timer.pop())
+        m.update({f"time/env_{k}": v for k, v in first.timings.items()})  # e.g. generation vs reward split
+        m["sample_rounds"] = first.rounds
         m["tokens_per_s"] = float(np.sum(first.valid_BxT)) / max(m.get("time/rollout", 0.0), 1e-9)
         m["update_tokens_per_s"] = float(np.sum(batch.valid_BxT)) / max(time.perf_counter() - t0, 1e-9)
         return params, opt_state, m
@@ -197,7 +199,17 @@ def collect_rollouts(env, params, data_iter, rng, cfg):
     """One rollout batch, with zero-variance groups replaced by informative groups from up to
     cfg.max_resample_rounds extra rounds (dynamic sampling). Groups still uninformative stay in the batch with
     keep=False (zero loss weight), so the batch shape and the jit stay fixed. Returns (arrays, keep_B, first)."""
-    first = _arrays(env.rollout(params, next(data_iter), jax.random.fold_in(rng, 0)))
+    timings: dict[str, float] = {}
+    calls = [0]
+
+    def sample(r):
+        calls[0] += 1
+        raw = env.rollout(params, next(data_iter), jax.random.fold_in(rng, r))
+        for k, v in (getattr(raw, "timings", None) or {}).items():
+            timings[k] = timings.get(k, 0.0) + float(v)
+        return _arrays(raw)
+
+    first = sample(0)
     ro = {k: v.copy() for k, v in first.items()}  # filled in place below; `first` stays as sampled
     keep = np.ones(len(ro["rewards_B"]), bool)
     if cfg.filter_zero_variance:
@@ -205,7 +217,7 @@ def collect_rollouts(env, params, data_iter, rng, cfg):
         for r in range(1, int(cfg.max_resample_rounds) + 1):
             if keep.all():
                 break
-            extra = _arrays(env.rollout(params, next(data_iter), jax.random.fold_in(rng, r)))
+            extra = sample(r)
             extra_keep = grpo.filter_zero_variance(extra["rewards_B"], extra["group_ids_B"])
             t = max(ro["tokens_BxT"].shape[1], extra["tokens_BxT"].shape[1])
             ro, extra = _pad_t(ro, t), _pad_t(extra, t)
@@ -220,7 +232,7 @@ def collect_rollouts(env, params, data_iter, rng, cfg):
                     if k != "group_ids_B":
                         v[dst] = extra[k][src]
                 keep[dst] = True
-    return _Namespace(ro), keep, _Namespace(first)
+    return _Namespace(ro), keep, _Namespace(dict(first, timings=timings, rounds=calls[0]))
 
 
 class _Namespace:
