@@ -99,6 +99,14 @@ def _path_key(path) -> tuple[str, ...]:
     return tuple(x for x in out if x != "value")
 
 
+def _restore_numpy(path):
+    """Any saved state tree as host numpy arrays (no device placement, no sharding file needed)."""
+    ckptr = ocp.PyTreeCheckpointer()
+    tree = ckptr.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 def load_params(directory, params, step: int | None = None):
     """Params only, from a Checkpointer directory (e.g. the SFT stage's), placed like the live `params` tree.
 
@@ -110,7 +118,7 @@ def load_params(directory, params, step: int | None = None):
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {directory}")
         step = steps[-1]
-    raw = ocp.PyTreeCheckpointer().restore(directory / str(step) / "state")["params"]
+    raw = _restore_numpy(directory / str(step) / "state")["params"]
     by_path = {_path_key(p): v for p, v in jax.tree_util.tree_leaves_with_path(raw)}
 
     def pick(path, live):

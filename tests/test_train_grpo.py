@@ -44,11 +44,10 @@ def _grpo_cmd(workdir, steps):
 
 def _final_params(workdir, step):
     import jax
-    import orbax.checkpoint as ocp
 
-    from agro_jax.checkpoint import _path_key
+    from agro_jax.checkpoint import _path_key, _restore_numpy
 
-    raw = ocp.PyTreeCheckpointer().restore(pathlib.Path(workdir).absolute() / "grpo/checkpoints" / str(step) / "state")
+    raw = _restore_numpy(pathlib.Path(workdir).absolute() / "grpo/checkpoints" / str(step) / "state")
     return {_path_key(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(raw)}
 
 
