@@ -2,7 +2,7 @@
 
     with Executor(num_workers=2, timeout_s=5.0) as ex:
         results = ex.run_many([Query(db_path, "SELECT 1"), ...])   # in order; never raises for a bad query
-        gold = ex.run_many(gold_queries, use_cache=True)             # gold-result cache keyed by (db_path, sql, max_rows)
+        gold = ex.run_many(gold_queries, use_cache=True)  # cached by (db_path, sql, max_rows)
 
 Workers are started with the `spawn` context (jax may be initialised in the parent; never fork after that) and run
 `agro_jax.sql.worker.Sandbox` (read-only cached connections, authorizer, limits, progress-handler deadline; see there).

@@ -1,7 +1,7 @@
 """The sandboxed SQLite side of the executor pool: runs inside a spawned worker process (stdlib imports only).
 
 Layers, outermost last (any one of them stops a hostile query; the parent's kill-and-respawn is the final one):
-  1. statement gate: only SELECT / WITH / VALUES / PRAGMA may start a query (after comments, parentheses); one statement.
+  1. statement gate: only SELECT / WITH / VALUES / PRAGMA may start a query (after comments, parens); one statement.
   2. read-only URI connection (`mode=ro`, plus `immutable=1` for files nobody writes while we read them).
   3. authorizer: allows reads, function calls (not load_extension) and recursive CTEs; denies every write,
      CREATE (temp included), ATTACH/DETACH, transactions and PRAGMAs except a few schema-reading ones.
