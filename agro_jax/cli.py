@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("agro_jax.train:grpo_main", "GRPO stage: rollouts, rewards, updates; resumes its own checkpoints"),
     "sweep": ("agro_jax.sweep:sweep_main", "run or print a hyper-parameter sweep of another subcommand"),
+    "eval": ("agro_jax.evaluate:eval_main", "EX evaluation of predictions (or --gold-as-pred) on Spider/BIRD data"),
     "report": ("agro_jax.report:report_main", "write report.md + plots from a run folder's metrics"),
 }
 
