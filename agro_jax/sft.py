@@ -45,7 +45,7 @@ def build_trajectories(examples: list[dict], executor, rollout_cfg) -> list[dict
     from agro_jax.agent import format_observation
     from agro_jax.sql.executor import Query
 
-    results = executor.run_many([Query(ex["db_path"], ex["sql"]) for ex in examples])
+    results = executor.run_many([Query(ex["db_path"], ex["sql"]) for ex in examples], use_cache=True)
     out = []
     for ex, res in zip(examples, results):
         if not res.ok:  # a gold query that fails is bad data, not a trajectory to imitate
