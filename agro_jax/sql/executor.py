@@ -28,7 +28,6 @@ from multiprocessing.connection import wait
 
 from agro_jax.sql.worker import worker_main
 
-_GRACE_S = 2.0  # the parent waits timeout_s * 1.5 + grace before killing (the in-worker deadline fires first)
 _CACHE_MAX = 200_000
 _NO_CACHE_KINDS = {"timeout", "worker_crash"}  # may pass on a retry; everything else is deterministic
 
@@ -90,12 +89,15 @@ class Executor:
         max_result_bytes: int = 64 * 1024 * 1024,
         immutable: bool = True,
         start_method: str = "spawn",
+        kill_grace_s: float = 2.0,
     ):
         if num_workers < 1:
             raise ValueError(f"Executor num_workers must be >= 1, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"Executor timeout_s must be > 0, got {timeout_s}")
         self.timeout_s, self.max_rows = float(timeout_s), int(max_rows)
+        # The parent kills a worker at timeout_s * 1.5 + kill_grace_s; the in-worker deadline normally fires first.
+        self.kill_grace_s = float(kill_grace_s)
         self._sandbox_kwargs = dict(
             max_cell_bytes=int(max_cell_bytes),
             heap_limit_bytes=int(heap_limit_bytes),
@@ -113,7 +115,7 @@ class Executor:
     def from_config(cls, cfg) -> Executor:
         """Builds from config.executor (num_workers, timeout_s, max_rows, max_cell_bytes, heap_limit_bytes, ...)."""
         fields = ("num_workers", "timeout_s", "max_rows", "max_cell_bytes", "heap_limit_bytes", "max_result_bytes")
-        kwargs = {k: cfg[k] for k in fields + ("immutable", "start_method") if k in cfg}
+        kwargs = {k: cfg[k] for k in fields + ("immutable", "start_method", "kill_grace_s") if k in cfg}
         return cls(**kwargs)
 
     def __enter__(self) -> Executor:
@@ -203,7 +205,7 @@ class Executor:
 
     def _send(self, w: _Worker, i: int, q: Query, attempt: int):
         t = self._timeout(q)
-        deadline = time.monotonic() + t * 1.5 + _GRACE_S
+        deadline = time.monotonic() + t * 1.5 + self.kill_grace_s
         w.task = (i, q, deadline, attempt)
         self.stats["queries"] += 1
         msg = (i, q.db_path, q.sql, t, int(q.max_rows or self.max_rows))

@@ -58,7 +58,9 @@ def classify(exc: BaseException) -> str:
     msg = str(exc).lower()
     if isinstance(exc, (UnicodeError,)):
         return "encoding"
-    if isinstance(exc, MemoryError) or "out of memory" in msg or "too big" in msg or "too many" in msg:
+    if isinstance(exc, MemoryError) or any(
+        k in msg for k in ("out of memory", "too big", "too many", "too large", "too complex", "stack overflow")
+    ):
         return "too_large"
     if "interrupted" in msg:
         return "timeout"
