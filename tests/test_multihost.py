@@ -37,17 +37,19 @@ def _global_data(step: int):
     # A "predicted" and a gold SQL per row: the executor decides which rows earn reward 1.
     pred_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
     gold_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
+    pred_sqls[5] = "SELEC id FROM"  # bad format on host 0's rows -> -1
     return tokens, pred_sqls, gold_sqls
 
 
 def _host_rewards(db_path: str, pred_sqls: list[str], gold_sqls: list[str]) -> np.ndarray:
-    """This host's executor pool scores this host's rows (execution match -> 1, else 0)."""
-    rows = []
-    con = sqlite3.connect(db_path)
-    for pred, gold in zip(pred_sqls, gold_sqls, strict=True):
-        rows.append(float(con.execute(pred).fetchall() == con.execute(gold).fetchall()))
-    con.close()
-    return np.asarray(rows, np.float32)
+    """This host's own executor pool scores this host's rows: +1 execution match, 0 wrong, -1 bad format."""
+    from agro_jax.rewards import compute_rewards
+    from agro_jax.sql.executor import Executor
+
+    reward_cfg = {"correct": 1.0, "wrong": 0.0, "bad_format": -1.0, "compare_mode": "bird"}
+    with Executor(num_workers=1, timeout_s=10.0) as executor:
+        rewards, _ = compute_rewards(pred_sqls, gold_sqls, [db_path] * len(pred_sqls), executor, reward_cfg)
+    return rewards
 
 
 def _worker(args) -> None:
