@@ -156,9 +156,9 @@ def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(range(len(diffs)), diffs)
     ax.set_ylabel("execution accuracy (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 118)  # headroom for the legend above 100% bars
     ax.set_title("EX by difficulty")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(reports), loc="upper center")
     _save(fig, out_dir / "eval_ex.png")
     table = [[d] + [_cell(ex.get(d)) for _, ex in reports] for d in diffs]
     md = ["## Evaluation (execution accuracy, %)", "", "![eval](eval_ex.png)", ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sqlite3
 
 import pytest
 
@@ -18,6 +19,25 @@ def _png_size(path: pathlib.Path) -> tuple[int, int]:
     assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
     assert data[12:16] == b"IHDR"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _real_eval_report(wd: pathlib.Path) -> None:
+    """eval/base.json written by agro_jax.evaluate itself (real SQLite + executor): 2 of 3 right, simple 1/1."""
+    from agro_jax import evaluate
+    from agro_jax.sql.executor import Executor
+
+    db = wd / "db.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+    con.commit()
+    con.close()
+    gold = ["SELECT x FROM t", "SELECT max(x) FROM t", "SELECT count(*) FROM t"]
+    pred = ["SELECT x FROM t", "SELECT min(x) FROM t", "SELECT count(x) FROM t"]
+    examples = [{"sql": g, "db_path": str(db), "difficulty": d} for g, d in zip(gold, ["simple", "complex", "complex"])]
+    with Executor(num_workers=1) as executor:
+        result = evaluate.evaluate_predictions(examples, pred, executor, mode="bird")
+    evaluate.write_report(result, str(wd / "eval"), "base")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +64,7 @@ def run_dir(tmp_path_factory) -> pathlib.Path:
     (wd / "eval/grpo.json").write_text(
         json.dumps({"ex": 0.5234, "n": 50, "by_difficulty": {"simple": {"ex": 0.7, "n": 20}, "complex": 0.35}})
     )
+    _real_eval_report(wd)
     (wd / "eval/notes.json").write_text(json.dumps({"comment": "no ex here"}))  # ignored, not fatal
     (wd / "factory").mkdir()
     stats = {
@@ -75,9 +96,10 @@ def test_markdown_has_the_numbers(run_dir):
     assert "| ex | 0.1 | 0.625 | 0.1 | 0.625 |" in md  # the row without ex is skipped, not zero
     assert "4 logged steps (last step 3)" in md  # the truncated line did not count
     # EX before (sft) vs after (grpo), sft first; per difficulty with n.
-    assert "| difficulty | sft | grpo |" in md
-    assert "| all | 40.00 (n=50) | 52.34 (n=50) |" in md
-    assert "| complex | 20.00 | 35.00 |" in md
+    assert "| difficulty | base | sft | grpo |" in md
+    assert "| all | 66.67 (n=3) | 40.00 (n=50) | 52.34 (n=50) |" in md
+    assert "| simple | 100.00 (n=1) | 60.00 (n=20) | 70.00 (n=20) |" in md
+    assert "| complex | 50.00 (n=2) | 20.00 | 35.00 |" in md
     # Factory scalars and histograms with shares.
     assert "| accepted | 431 |" in md
     assert "| moderate | 151 | 35.0% |" in md
@@ -93,6 +115,7 @@ def test_empty_run_folder_says_what_is_missing(tmp_path):
     assert list((tmp_path / "report").glob("*.png")) == []
 
 
+@pytest.mark.filterwarnings("ignore:.*not JSON")
 def test_cli_report(tmp_path, run_dir):
     from agro_jax.cli import main
 
