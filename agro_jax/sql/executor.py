@@ -29,6 +29,7 @@ from multiprocessing.connection import wait
 from agro_jax.sql.worker import worker_main
 
 _CACHE_MAX = 200_000
+_MAX_CRASHES_IN_A_ROW = 8  # with no answer in between: the pool itself is unusable
 _NO_CACHE_KINDS = {"timeout", "worker_crash"}  # may pass on a retry; everything else is deterministic
 
 
@@ -110,6 +111,7 @@ class Executor:
         self.stats = collections.Counter()  # respawns, kills, cache_hits, queries
         self._workers = [_Worker(self._ctx, self._sandbox_kwargs) for _ in range(num_workers)]
         self._closed = False
+        self._crashes_in_a_row = 0
 
     @classmethod
     def from_config(cls, cfg) -> Executor:
@@ -135,30 +137,36 @@ class Executor:
         """Executes `queries` across the pool; results in input order. `use_cache` for gold queries."""
         if self._closed:
             raise RuntimeError("Executor is closed")
-        results: list[Result | None] = [None] * len(queries)
-        todo = collections.deque()
-        for i, q in enumerate(queries):
-            if not isinstance(q, Query):
-                raise TypeError(f"run_many expects Query objects, item {i} is {type(q).__name__}")
-            if not isinstance(q.sql, str) or not isinstance(q.db_path, str):
-                results[i] = Result.error("syntax", f"query {i}: sql and db_path must be str, got {type(q.sql)}")
-                continue
-            key = self._key(q)
-            if use_cache and key in self._cache:
-                self._cache.move_to_end(key)
-                results[i] = self._cache[key]
-                self.stats["cache_hits"] += 1
-            else:
-                todo.append((i, q, 0))
-        with self._lock:
-            self._drain(todo, results)
-        if use_cache:
+        with self._lock:  # one batch at a time; the cache is shared state too
+            results: list[Result | None] = [None] * len(queries)
+            todo = collections.deque()
             for i, q in enumerate(queries):
-                if results[i].error_kind not in _NO_CACHE_KINDS:
-                    self._cache[self._key(q)] = results[i]
-            while len(self._cache) > _CACHE_MAX:
-                self._cache.popitem(last=False)
-        return results
+                if not isinstance(q, Query):
+                    raise TypeError(f"run_many expects Query objects, item {i} is {type(q).__name__}")
+                if not isinstance(q.sql, str) or not isinstance(q.db_path, str):
+                    results[i] = Result.error("syntax", f"query {i}: sql and db_path must be str, got {type(q.sql)}")
+                    continue
+                key = self._key(q)
+                if use_cache and key in self._cache:
+                    self._cache.move_to_end(key)
+                    results[i] = self._cache[key]
+                    self.stats["cache_hits"] += 1
+                else:
+                    todo.append((i, q, 0))
+            try:
+                self._drain(todo, results)
+            except BaseException:  # interrupted or unusable: leave no worker holding a stale request
+                for w in self._workers:
+                    if w.task is not None:
+                        self._respawn(w)
+                raise
+            if use_cache:
+                for i, q in enumerate(queries):
+                    if results[i].error_kind not in _NO_CACHE_KINDS:
+                        self._cache[self._key(q)] = results[i]
+                while len(self._cache) > _CACHE_MAX:
+                    self._cache.popitem(last=False)
+            return results
 
     def _key(self, q: Query):
         return (q.db_path, q.sql, q.max_rows or self.max_rows)
@@ -179,6 +187,12 @@ class Executor:
                         _, out = w.conn.recv()
                     except (EOFError, OSError, ConnectionError):  # the worker died mid-query
                         self._respawn(w)
+                        self._crashes_in_a_row += 1
+                        if self._crashes_in_a_row > _MAX_CRASHES_IN_A_ROW:
+                            raise RuntimeError(
+                                f"executor workers died {self._crashes_in_a_row} times in a row without answering "
+                                "(cannot start? run scripts from a file with an `if __name__ == '__main__'` guard)"
+                            ) from None
                         if attempt == 0:
                             todo.appendleft((i, q, 1))
                         else:
@@ -186,6 +200,7 @@ class Executor:
                             results[i] = Result.error("worker_crash", msg)
                         continue
                     w.task = None
+                    self._crashes_in_a_row = 0
                     results[i] = Result(
                         [tuple(r) for r in out["rows"]],
                         out["columns"],
