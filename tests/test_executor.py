@@ -186,3 +186,16 @@ def test_bad_inputs():
         assert ex.run(Query("/nope.sqlite", None)).error_kind == "syntax"
     with pytest.raises(RuntimeError, match="closed"):
         ex.run(Query("/nope.sqlite", "SELECT 1"))
+
+
+def test_live_wal_database_is_read_fully(tmp_path, executor):
+    # immutable=1 would ignore the un-checkpointed WAL; the sandbox drops it when a -wal file exists.
+    path = str(tmp_path / "wal.sqlite")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1), (2)")
+    conn.commit()
+    assert os.path.exists(path + "-wal")
+    assert executor.run(Query(path, "SELECT count(*) FROM t")).rows == [(2,)]
+    conn.close()

@@ -95,7 +95,9 @@ class Sandbox:
             return cached[1]
         if cached is not None:
             cached[1].close()
-        uri = "file:" + _quote(os.path.abspath(db_path)) + "?mode=ro" + ("&immutable=1" if self.immutable else "")
+        # immutable=1 skips locking and change detection; never for a DB with a live WAL (its data would be missed).
+        immutable = self.immutable and not os.path.exists(db_path + "-wal")
+        uri = "file:" + _quote(os.path.abspath(db_path)) + "?mode=ro" + ("&immutable=1" if immutable else "")
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         conn.text_factory = lambda b: b.decode("utf-8", "replace")  # non-UTF-8 text never raises
         conn.execute(f"PRAGMA hard_heap_limit={int(self.heap_limit_bytes)}")
