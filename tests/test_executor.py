@@ -25,6 +25,16 @@ HOSTILE = [
         {"timeout"},
     ),
     ("cross-join explosion", _CROSS12, {"timeout"}),
+    (
+        "recursive UNION (growing dedup table)",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION SELECT x+1 FROM c) SELECT count(*) FROM c",
+        {"timeout", "too_large"},
+    ),
+    (
+        "sort of big blobs (heap bomb)",
+        "SELECT count(*) FROM (SELECT randomblob(5000000) AS b FROM singer a, singer b, singer c ORDER BY b)",
+        {"too_large", "timeout"},
+    ),
     ("replace over zeroblob", "SELECT replace(zeroblob(100000000), x'00', 'aaaa')", {"too_large"}),
     ("huge zeroblob", "SELECT zeroblob(2000000000)", {"too_large"}),
     ("huge randomblob", "SELECT randomblob(500000000)", {"too_large"}),

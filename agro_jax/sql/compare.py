@@ -16,10 +16,10 @@ Modes (`compare(pred, gold, mode, gold_sql)`; an errored pred or gold is never a
   (rewards.py and evaluate.py do). We strip DISTINCT keyword tokens found by sqlglot's tokenizer (never inside
   string literals or quoted identifiers), which equals the official sqlparse-token filter on real queries.
   Not reproduced: plug_value (gold literal plugging) and the test-suite's extra databases — we use one DB per query.
-- "tolerant": "spider" after normalising every value: floats are rounded to 6 significant decimals of relative
-  precision (`float(f"{v:.6g}")`, so 0.30000000000000004 == 0.3, 33.333333 == 33.3333) and integral floats become
-  ints (3.0 == 3). Use it where float formatting differences (AVG over reordered rows, ROUND variations) should
-  not count as wrong.
+- "tolerant": "spider" after normalising every value: floats are rounded to 6 significant digits
+  (`float(f"{v:.6g}")`, i.e. ~1e-6 relative tolerance: 0.30000000000000004 == 0.3, 33.333333 == 100/3) and integral
+  floats become ints (3.0 == 3). Use it where float formatting differences (AVG over reordered rows, ROUND variants)
+  should  not count as wrong.
 
 Truncated results (more than max_rows) compare on the rows that were returned; evaluation uses a generous max_rows.
 """

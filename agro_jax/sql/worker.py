@@ -101,6 +101,7 @@ class Sandbox:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         conn.text_factory = lambda b: b.decode("utf-8", "replace")  # non-UTF-8 text never raises
         conn.execute(f"PRAGMA hard_heap_limit={int(self.heap_limit_bytes)}")
+        conn.execute("PRAGMA temp_store=MEMORY")  # big sorts/temp b-trees hit the heap limit instead of filling /tmp
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _LENGTH_LIMIT)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, _MAX_SQL_CHARS * 4)
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
