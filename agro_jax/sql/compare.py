@@ -19,7 +19,7 @@ Modes (`compare(pred, gold, mode, gold_sql)`; an errored pred or gold is never a
 - "tolerant": "spider" after normalising every value: floats are rounded to 6 significant digits
   (`float(f"{v:.6g}")`, i.e. ~1e-6 relative tolerance: 0.30000000000000004 == 0.3, 33.333333 == 100/3) and integral
   floats become ints (3.0 == 3). Use it where float formatting differences (AVG over reordered rows, ROUND variants)
-  should  not count as wrong.
+  should not count as wrong.
 
 Truncated results (more than max_rows) compare on the rows that were returned; evaluation uses a generous max_rows.
 """
