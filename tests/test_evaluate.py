@@ -1,5 +1,6 @@
 """EX evaluation: report numbers, report files, prediction file formats, `agro-sql eval`, BIRD loading."""
 
+import collections
 import json
 import shutil
 
@@ -119,3 +120,10 @@ def test_spider_hardness_matches_official_counts(spider):
     nested = dict(empty, where=[[False, 8, [0, [0, 1, False], None], dict(empty), None]])
     assert spider_hardness(nested) == "hard"
     assert {e["difficulty"] for e in spider} == {"easy", "medium", "hard", "extra"}
+
+
+def test_spider_dev_hardness_distribution_is_the_official_one(spider_dir):
+    # The published Spider dev split: 248 easy, 446 medium, 174 hard, 166 extra (all 1034, wta_1 included).
+    raw = json.load(open(spider_dir / "dev.json"))
+    counts = collections.Counter(spider_hardness(e["sql"]) for e in raw)
+    assert counts == {"easy": 248, "medium": 446, "hard": 174, "extra": 166}
