@@ -186,6 +186,8 @@ class Executor:
                     try:
                         _, out = w.conn.recv()
                     except (EOFError, OSError, ConnectionError):  # the worker died mid-query
+                        w.proc.join(1)
+                        exitcode = w.proc.exitcode
                         self._respawn(w)
                         self._crashes_in_a_row += 1
                         if self._crashes_in_a_row > _MAX_CRASHES_IN_A_ROW:
@@ -196,7 +198,7 @@ class Executor:
                         if attempt == 0:
                             todo.appendleft((i, q, 1))
                         else:
-                            msg = f"worker died twice running this query (exit code {w.proc.exitcode})"
+                            msg = f"worker died twice running this query (exit code {exitcode})"
                             results[i] = Result.error("worker_crash", msg)
                         continue
                     w.task = None
