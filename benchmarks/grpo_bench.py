@@ -64,9 +64,8 @@ def make_prompts(n: int) -> list[str]:
 
 
 def reward_text(text: str) -> float:
-    """A cheap scripted reward (same on both sides): share of 'select' among the words."""
-    words = text.split()
-    return sum(w == "select" for w in words) / max(len(words), 1)
+    """A cheap scripted reward with spread inside every group (same on both sides): share of vowels."""
+    return sum(c in "aeiou" for c in text) / max(len(text), 1)
 
 
 def bench_trl(model_dir: str, tokenizer, prompts, group: int, completion: int, steps: int) -> list[float]:
