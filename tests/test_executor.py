@@ -209,3 +209,23 @@ def test_live_wal_database_is_read_fully(tmp_path, executor):
     assert os.path.exists(path + "-wal")
     assert executor.run(Query(path, "SELECT count(*) FROM t")).rows == [(2,)]
     conn.close()
+
+
+def test_query_whose_worker_dies_twice_is_reported_not_retried_forever(db):
+    with Executor(num_workers=1, timeout_s=60.0) as ex:
+        ex.run(Query(db, "SELECT 1"))
+        out = {}
+        slow = Query(db, _SLOW_SQL.format(n=50_000_000))  # several seconds
+        thread = threading.Thread(target=lambda: out.update(r=ex.run_many([slow, Query(db, "SELECT 7")])))
+        thread.start()
+        first = ex.worker_pids()[0]
+        time.sleep(0.3)
+        os.kill(first, signal.SIGKILL)
+        while ex.worker_pids()[0] == first:  # the retry runs on a fresh worker: kill that one too
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.kill(ex.worker_pids()[0], signal.SIGKILL)
+        thread.join(120)
+        crash, after = out["r"]
+        assert crash.error_kind == "worker_crash" and "-9" in crash.error_message
+        assert after.ok and after.rows == [(7,)]
