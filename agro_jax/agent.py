@@ -142,15 +142,13 @@ def render_transcript(
     final_thought: str = "",
     max_turns: int = 5,
 ) -> tuple[list[int], list[float]]:
-    """SFT target: (tokens, agent_mask) of prompt + assistant trajectory + EOS. Mask is 1 on agent tokens (each turn,
-    the answer and the closing EOS) and 0 on the prompt and observations, exactly like rollout.run_rollouts."""
+    """SFT target: (tokens, agent_mask) of prompt + assistant trajectory, ending at `</answer>` (where the sampler stops
+    the final turn; no EOS). Mask is 1 on agent tokens (each turn and the answer) and 0 on the prompt and observations,
+    exactly like rollout.run_rollouts."""
     tokens = prompt_ids(tokenizer, schema_text, question, evidence, max_turns)
     mask = [0.0] * len(tokens)
     for text, is_agent in transcript_pieces(turns, answer, final_thought):
         ids = tokenizer.encode(text, add_special_tokens=False)
         tokens += ids
         mask += [1.0 if is_agent else 0.0] * len(ids)
-    if answer is not None and tokenizer.eos_token_id is not None:
-        tokens.append(int(tokenizer.eos_token_id))
-        mask.append(1.0)
     return tokens, mask
