@@ -72,6 +72,7 @@ def get_config(arg=None):
             "top_k": 0,
             "observation_max_rows": 5,
             "observation_max_chars": 300,
+            "min_prompt_bucket": 64,  # sampler pads prompts to powers of two >= this (one compile per bucket)
         }
     )
     c.sft = ConfigDict({"num_selected": 256, "batch_size": 16, "epochs": 3, "optim": optim_config(1e-3, 60, 5)})
