@@ -68,19 +68,24 @@ class Sampler:
     init_cache(batch, max_len) -> cache default to the Qwen model (nnx.merge(graphdef, params, rest)) and KVCache.init.
     """
 
-    def __init__(self, graphdef, rest, model_cfg, tokenizer, rollout_cfg, *, model_fn=None, init_cache=None):
+    def __init__(
+        self, graphdef, rest, model_cfg, tokenizer, rollout_cfg, *, model_fn=None, init_cache=None, stop_strings=None
+    ):
+        """tokenizer None: raw token ids, pad 0, no stops (benchmarks). stop_strings default: agent.STOP_STRINGS."""
+        from agro_jax.agent import STOP_STRINGS
+
         self.tokenizer, self.cfg = tokenizer, rollout_cfg
         self.max_new_tokens = int(rollout_cfg.max_new_tokens_per_turn)
         self.min_prompt_bucket = int(rollout_cfg.get("min_prompt_bucket", 64))
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else 0)
         stop_ids, self.stop_strings = [], []
-        if tokenizer.eos_token_id is not None:
-            stop_ids.append(int(tokenizer.eos_token_id))
-        from agro_jax.agent import STOP_STRINGS
-
-        for s in STOP_STRINGS:
-            ids = tokenizer.encode(s, add_special_tokens=False)
-            (stop_ids if len(ids) == 1 else self.stop_strings).extend(ids[:1] if len(ids) == 1 else [s])
+        if tokenizer is not None:
+            if tokenizer.eos_token_id is not None:
+                stop_ids.append(int(tokenizer.eos_token_id))
+            for s in STOP_STRINGS if stop_strings is None else stop_strings:
+                ids = tokenizer.encode(s, add_special_tokens=False)
+                (stop_ids if len(ids) == 1 else self.stop_strings).extend(ids[:1] if len(ids) == 1 else [s])
         self.stop_ids = tuple(sorted(set(stop_ids)))
         if model_fn is None:
             from agro_jax.model.kv_cache import KVCache
