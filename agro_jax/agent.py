@@ -21,7 +21,7 @@ STOP_STRINGS = ("</sql>", "</answer>")
 SYSTEM_PROMPT = """You are a careful SQLite expert. Answer the user's question with one SQL query over the database.
 Work in turns. In each turn first reason inside <think>...</think>, then do exactly one of:
 - explore: write one SQL query inside <sql>...</sql>. It is executed and you get the result (or the error) inside
-  <observation>...</observation>. You may explore up to {max_turns} times in total.
+  <observation>...</observation>. Explore only as much as you need; turns are limited.
 - finish: write the final SQL query inside <answer>...</answer>.
 Only the query inside <answer> is graded, by executing it. Use only tables and columns from the schema."""
 
@@ -32,20 +32,21 @@ class Action:
     sql: str | None
 
 
-def build_messages(schema_text: str, question: str, evidence: str = "", max_turns: int = 5) -> list[dict]:
-    """Chat messages (system + user) for one example; render with the tokenizer's chat template."""
+def build_messages(schema_text: str, question: str, evidence: str = "") -> list[dict]:
+    """Chat messages (system + user) for one example; render with the tokenizer's chat template. The prompt does not
+    depend on config (e.g. max_turns), so SFT and RL prompts are identical."""
     if not question or not question.strip():
         raise ValueError("build_messages: question is empty")
     user = f"Database schema:\n{schema_text.strip()}\n\n"
     if evidence and evidence.strip():
         user += f"External knowledge: {evidence.strip()}\n\n"
     user += f"Question: {question.strip()}"
-    return [{"role": "system", "content": SYSTEM_PROMPT.format(max_turns=max_turns)}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def prompt_ids(tokenizer, schema_text: str, question: str, evidence: str = "", max_turns: int = 5) -> list[int]:
+def prompt_ids(tokenizer, schema_text: str, question: str, evidence: str = "") -> list[int]:
     """Token ids of the chat prompt ending with the assistant header (generation prompt)."""
-    msgs = build_messages(schema_text, question, evidence, max_turns)
+    msgs = build_messages(schema_text, question, evidence)
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     return list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -140,12 +141,11 @@ def render_transcript(
     answer: str | None,
     evidence: str = "",
     final_thought: str = "",
-    max_turns: int = 5,
 ) -> tuple[list[int], list[float]]:
     """SFT target: (tokens, agent_mask) of prompt + assistant trajectory, ending at `</answer>` (where the sampler stops
     the final turn; no EOS). Mask is 1 on agent tokens (each turn and the answer) and 0 on the prompt and observations,
     exactly like rollout.run_rollouts."""
-    tokens = prompt_ids(tokenizer, schema_text, question, evidence, max_turns)
+    tokens = prompt_ids(tokenizer, schema_text, question, evidence)
     mask = [0.0] * len(tokens)
     for text, is_agent in transcript_pieces(turns, answer, final_thought):
         ids = tokenizer.encode(text, add_special_tokens=False)

@@ -68,7 +68,7 @@ def run_rollouts(
 
     convs, masks, logps, texts, groups = [], [], [], [], []
     for gi, ex in enumerate(examples):
-        ids = agent.prompt_ids(tok, ex["schema_text"], ex["question"], ex.get("evidence", ""), max_turns)
+        ids = agent.prompt_ids(tok, ex["schema_text"], ex["question"], ex.get("evidence", ""))
         if len(ids) > max_prompt:  # keep the tail: the question and the assistant header matter most
             ids = ids[-max_prompt:]
         for _ in range(group_size):
@@ -162,3 +162,15 @@ def run_rollouts(
         reward_infos=list(infos),
         timings=timings,
     )
+
+
+def greedy_generate_fn(sampler, params, executor, rollout_cfg, seed: int = 0):
+    """`generate_fn(examples) -> list[final sql | None]` for evaluate.evaluate_policy: one greedy rollout each."""
+
+    def generate_fn(examples):
+        rng = jax.random.key(seed)
+        return run_rollouts(
+            sampler, params, examples, executor, rollout_cfg, group_size=1, rng=rng, greedy=True
+        ).final_sqls
+
+    return generate_fn

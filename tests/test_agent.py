@@ -32,9 +32,9 @@ def test_extract_final_sql_takes_last_answer():
 
 
 def test_build_messages_and_errors():
-    msgs = agent.build_messages("CREATE TABLE t (a)", "How many?", evidence="a is a count", max_turns=4)
+    msgs = agent.build_messages("CREATE TABLE t (a)", "How many?", evidence="a is a count")
     assert [m["role"] for m in msgs] == ["system", "user"]
-    assert "<sql>" in msgs[0]["content"] and "4 times" in msgs[0]["content"]
+    assert "<sql>" in msgs[0]["content"] and "<answer>" in msgs[0]["content"]
     assert "CREATE TABLE t (a)" in msgs[1]["content"] and "External knowledge: a is a count" in msgs[1]["content"]
     with pytest.raises(ValueError, match="question"):
         agent.build_messages("CREATE TABLE t (a)", "  ")

@@ -107,7 +107,7 @@ def test_scripted_multi_turn_rollout_masks_observations_rewards(tokenizer, db_pa
         [agent.turn_text("try", "SELECT * FROM nosuch"), agent.answer_text("guess", "SELECT name FROM singer")],
         ["<think>no idea</think> I give up."],  # bad format: EOS without any tag
     ]
-    prompts = [tuple(agent.prompt_ids(tokenizer, ex["schema_text"], ex["question"], max_turns=3)) for ex in examples]
+    prompts = [tuple(agent.prompt_ids(tokenizer, ex["schema_text"], ex["question"])) for ex in examples]
     policy = ScriptedPolicy(tokenizer, dict(zip(prompts, scripts_by_q)), len(tokenizer))
     sampler = Sampler(None, None, None, tokenizer, ROLLOUT_CFG, model_fn=policy, init_cache=policy.init_cache)
     with Executor(num_workers=2) as ex:
@@ -150,7 +150,7 @@ def test_scripted_multi_turn_rollout_masks_observations_rewards(tokenizer, db_pa
 
 def test_truncation_and_max_turns_score_as_no_answer(tokenizer, db_path):
     ex = {"question": "Q?", "schema_text": "CREATE TABLE singer (id INTEGER)", "db_path": db_path, "sql": GOLD}
-    prompt = tuple(agent.prompt_ids(tokenizer, ex["schema_text"], ex["question"], max_turns=2))
+    prompt = tuple(agent.prompt_ids(tokenizer, ex["schema_text"], ex["question"]))
     explore = agent.turn_text("again", "SELECT 1")
     policy = ScriptedPolicy(tokenizer, {prompt: [explore, explore, explore]}, len(tokenizer))
     cfg = ConfigDict(dict(ROLLOUT_CFG.to_dict(), max_turns=2))
