@@ -59,7 +59,7 @@ def test_format_observation_real_results(tmp_path):
 
 
 def test_render_transcript_masks_agent_pieces_only(tmp_path):
-    from agro_jax.model.tokenizer import train_tokenizer
+    train_tokenizer = pytest.importorskip("agro_jax.model.tokenizer").train_tokenizer
 
     tok = train_tokenizer([agent.SYSTEM_PROMPT, "SELECT name FROM t rows"] * 10, 300, str(tmp_path), agent.AGENT_TAGS)
     for tag in agent.AGENT_TAGS:  # single tokens -> the sampler's stop ids

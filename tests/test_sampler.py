@@ -15,10 +15,11 @@ CFG = ConfigDict({"max_new_tokens_per_turn": 10, "temperature": 1.0, "top_p": 1.
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from agro_jax.model.qwen import Qwen, QwenConfig
-    from agro_jax.model.tokenizer import train_tokenizer
-
+    qwen = pytest.importorskip("agro_jax.model.qwen")
+    train_tokenizer = pytest.importorskip("agro_jax.model.tokenizer").train_tokenizer
     from configs.tiny_cpu import get_config
+
+    Qwen, QwenConfig = qwen.Qwen, qwen.QwenConfig
 
     texts = [agent.SYSTEM_PROMPT, "SELECT name FROM singer WHERE age > 30 ORDER BY name"] * 10
     tok = train_tokenizer(texts, 300, str(tmp_path_factory.mktemp("tok")), added_tokens=agent.AGENT_TAGS)
