@@ -6,21 +6,18 @@ The trainer only sees `prompt_iterator()` (a grain iterator with get_state/set_s
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
-
 
 class SqlEnv:
     def __init__(self, config, graphdef, rest, model_cfg, tokenizer):
         from agro_jax import rollout as rollout_lib
+        from agro_jax.sampler import Sampler
         from agro_jax.sql.executor import Executor
 
         if tokenizer is None:
             raise ValueError("config.grpo.env='sql' needs a tokenizer (config.tokenizer.path or <workdir>/tokenizer)")
         self.config, self.tokenizer = config, tokenizer
         self.executor = Executor.from_config(config.executor)
-        self.sampler = rollout_lib.Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
+        self.sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
         self._rollout_lib = rollout_lib
 
     def prompt_iterator(self):
@@ -32,26 +29,17 @@ class SqlEnv:
         )
 
     def rollout(self, params, examples, rng):
-        from agro_jax.rewards import compute_rewards
-
-        t0 = time.perf_counter()
-        ro = self._rollout_lib.run_rollouts(
+        """Rewards come from run_rollouts (compute_rewards against ex['sql']); timings split generate/execute/reward."""
+        return self._rollout_lib.run_rollouts(
             self.sampler,
             params,
-            examples,
+            list(examples),
             self.executor,
             self.config.rollout,
             group_size=int(self.config.grpo.group_size),
             rng=rng,
+            reward_cfg=self.config.reward,
         )
-        t1 = time.perf_counter()
-        g = int(self.config.grpo.group_size)
-        gold = [ex["sql"] for ex in examples for _ in range(g)]
-        dbs = [ex["db_path"] for ex in examples for _ in range(g)]
-        rewards, _ = compute_rewards(ro.final_sqls, gold, dbs, self.executor, self.config.reward)
-        ro.rewards_B = np.asarray(rewards, np.float32)
-        ro.timings = dict(getattr(ro, "timings", {}) or {}, rollout=t1 - t0, reward=time.perf_counter() - t1)
-        return ro
 
     def close(self):
         self.executor.close()

@@ -112,6 +112,8 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
 
     workdir = workdir or config.workdir
     cfg = config.grpo
+    if cfg.get("env", "sql") == "sql":
+        tokenizer = resolve_tokenizer(config, workdir, tokenizer)
     vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
     mesh, model, model_cfg = build_policy(config, vocab, init_from)
     graphdef, params, rest = grpo.split_model(model)
@@ -131,6 +133,8 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
             update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
         with timer("rollout"):
             ro, keep_B, first = collect_rollouts(env, params, data_iter, rng, cfg)
+        # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
+        ro = _Namespace(_pad_t(vars(ro), _bucket(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
         batch = grpo.make_batch(ro, cfg, keep_B)
         t0 = time.perf_counter()
         with timer("update"):
@@ -189,6 +193,10 @@ def _arrays(ro) -> dict:
     if "valid_BxT" not in out:
         raise ValueError("rollout has no valid_BxT (attention validity mask); the update needs it")
     return out
+
+
+def _bucket(t: int, max_len: int, step: int = 128) -> int:
+    return max(t, min(-(-t // step) * step, max_len))
 
 
 def _pad_t(a: dict, t: int) -> dict:
