@@ -119,19 +119,16 @@ def bench_trl(model_dir: str, tokenizer, prompts, group: int, completion: int, s
 def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, steps: int, config_spec: str):
     """agro-jax step: HF import -> sample (jitted) -> reward -> grpo.make_update_step. Returns per-step seconds."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from agro_jax.model.hf_io import load_hf_checkpoint
-    from agro_jax.model.qwen import make_causal_mask, positions_from_valid
     from agro_jax.sharding import make_mesh, shard_batch
-    from flax import nnx
 
     from agro_jax import grpo, optim
     from agro_jax.config import load_config
 
     config = load_config(config_spec, ["--config.grpo.optim.learning_rate=1e-4", "--config.grpo.beta=0.0"])
     mesh = make_mesh(config.mesh)
-    model, _ = load_hf_checkpoint(model_dir, mesh=mesh, rules=config.mesh.rules)
+    model, model_cfg = load_hf_checkpoint(model_dir, mesh=mesh, rules=config.mesh.rules)
     graphdef, params, rest = grpo.split_model(model)
     # Left-pad prompts to one length; repeat each G times.
     enc = [tokenizer(p)["input_ids"] for p in prompts]
@@ -143,29 +140,15 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
     prompt, pvalid = np.repeat(prompt, group, 0), np.repeat(pvalid, group, 0)
     n, t = prompt.shape[0], p_len + completion
 
-    try:  # the real KV-cache sampler, when present
-        from agro_jax.rollout import Sampler  # noqa: F401
+    from agro_jax.sampler import Sampler
 
-        sampler_name = "rollout.Sampler"
-    except ImportError:
-        sampler_name = None
-
-    @jax.jit
-    def sample(params, prompt, pvalid, rng):
-        # Full-forward sampling (the toy env's): every new token re-runs the prefix. Used when no KV-cache sampler.
-        m = nnx.merge(graphdef, params, rest)
-        tokens = jnp.concatenate([prompt, jnp.zeros((n, completion), jnp.int32)], 1)
-        valid = jnp.concatenate([pvalid, jnp.ones((n, completion), bool)], 1)
-        mask, pos = make_causal_mask(valid), positions_from_valid(valid)
-
-        def body(i, carry):
-            tokens, logp = carry
-            logits = jax.lax.dynamic_index_in_dim(m(tokens, pos, mask)[0], p_len + i - 1, 1, keepdims=False)
-            tok = jax.random.categorical(jax.random.fold_in(rng, i), logits)
-            lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], 1)[:, 0]
-            return tokens.at[:, p_len + i].set(tok), logp.at[:, p_len + i].set(lp)
-
-        return jax.lax.fori_loop(0, completion, body, (tokens, jnp.zeros((n, t), jnp.float32)))
+    # tokenizer=None: raw ids, no stop tokens, so every completion has exactly `completion` tokens (like TRL's
+    # min_new_tokens); the jitted KV-cache sampler is the one the trainer's rollouts use.
+    with config.unlocked():
+        config.rollout.max_new_tokens_per_turn = completion
+        config.rollout.temperature = 1.0
+    sampler = Sampler(graphdef, rest, model_cfg, None, config.rollout)
+    prompt_rows = [list(map(int, enc[i // group])) for i in range(n)]
 
     opt = optim.make_optimizer(config.grpo.optim)
     step_fn = grpo.make_update_step(graphdef, rest, opt, config.grpo)
@@ -177,7 +160,9 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
     with jax.set_mesh(mesh):
         for s in range(steps):
             t0 = time.perf_counter()
-            tokens, logp = jax.device_get(sample(params, prompt, pvalid, jax.random.key(s)))
+            out = sampler.generate(params, prompt_rows, jax.random.key(s))
+            tokens = np.concatenate([prompt, np.asarray(out.tokens, np.int32)], 1)
+            logp = np.concatenate([np.zeros_like(prompt, np.float32), np.asarray(out.logps, np.float32)], 1)
             texts = tokenizer.batch_decode(tokens[:, p_len:])
             rewards = np.array([reward_text(x) for x in texts], np.float32)
             ro = argparse.Namespace(
@@ -192,7 +177,7 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
             params, opt_state, m = step_fn(params, opt_state, shard_batch(grpo.to_micro(batch.tree(), 1), mesh))
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
-    return times, sampler_name or "full-forward (no KV cache)"
+    return times, "KV-cache Sampler"
 
 
 def main(argv=None) -> int:
