@@ -19,7 +19,9 @@ import sys
 import numpy as np
 import pytest
 
-GLOBAL_BATCH, SEQ, VOCAB, STEPS = 16, 8, 64, 3
+GLOBAL_BATCH, GROUP, SEQ, VOCAB, STEPS, UPDATES_PER_BATCH = 16, 4, 8, 64, 3, 2
+NUM_GROUPS = GLOBAL_BATCH // GROUP
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _make_db(path: pathlib.Path) -> None:
@@ -31,12 +33,15 @@ def _make_db(path: pathlib.Path) -> None:
 
 
 def _global_data(step: int):
-    """The whole global batch, identical on every host (each host then keeps only its own rows)."""
+    """The whole global batch, identical on every host (each host then keeps only its own rows).
+
+    Rows come in GROUP-sized groups sharing one gold SQL (one prompt, several sampled answers); groups never span
+    hosts, so each host computes its groups' advantages alone, exactly as in the single-host run.
+    """
     rng = np.random.default_rng(1000 + step)
     tokens = rng.integers(0, VOCAB, size=(GLOBAL_BATCH, SEQ), dtype=np.int32)
-    # A "predicted" and a gold SQL per row: the executor decides which rows earn reward 1.
+    gold_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in np.repeat(rng.integers(0, 5, NUM_GROUPS), GROUP)]
     pred_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
-    gold_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
     pred_sqls[5] = "SELEC id FROM"  # bad format on host 0's rows -> -1
     return tokens, pred_sqls, gold_sqls
 
@@ -71,42 +76,56 @@ def _worker(args) -> None:
     rows = multihost.process_batch_slice(data_sharding, GLOBAL_BATCH)
     assert rows.stop - rows.start == GLOBAL_BATCH // args.num_processes
 
-    # Tiny embedding-MLP language model; params sharded over fsdp so updates need cross-host collectives.
-    key = jax.random.key(0)
-    k1, k2, k3 = jax.random.split(key, 3)
+    # The real GRPO pieces (config.grpo hyper-parameters, optimizer, advantages, clipped loss) on a tiny
+    # embedding-MLP policy; params sharded over fsdp so every update needs cross-host collectives.
+    from agro_jax import advantages, optim
+    from agro_jax import losses as grpo_losses
+    from agro_jax.config import load_config
+
+    cfg = load_config(str(REPO / "configs/tiny_cpu.py"), ["grpo.optim.learning_rate=0.01"]).grpo
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     params = {
         "embed": jax.random.normal(k1, (VOCAB, 32)) * 0.1,
         "w1": jax.random.normal(k2, (32, 64)) * 0.1,
         "w2": jax.random.normal(k3, (64, VOCAB)) * 0.1,
     }
-    param_sharding = {k: NamedSharding(mesh, P("fsdp")) for k in params}
-    params = jax.device_put(params, param_sharding)
-    opt = optax.adamw(1e-2)
-    opt_state = opt.init(params)
+    params = jax.device_put(params, {k: NamedSharding(mesh, P("fsdp")) for k in params})
+    optimizer = optim.make_optimizer(cfg.optim)
+    opt_state = optimizer.init(params)
 
-    def loss_fn(p, tokens_BxT, rewards_B):
+    def logp_fn(p, tokens_BxT):
         h_BxTxD = p["embed"][tokens_BxT[:, :-1]]
         logits_BxTxV = jax.nn.gelu(h_BxTxD @ p["w1"]) @ p["w2"]
-        logp_BxT = jnp.take_along_axis(jax.nn.log_softmax(logits_BxTxV), tokens_BxT[:, 1:, None], -1)[..., 0]
-        adv_B = rewards_B - rewards_B.mean()
-        return -jnp.mean((adv_B[:, None] + 0.1) * logp_BxT)
+        return jnp.take_along_axis(jax.nn.log_softmax(logits_BxTxV), tokens_BxT[:, 1:, None], -1)[..., 0]
+
+    def loss_fn(p, b):
+        kw = dict(clip_low=float(cfg.clip_low), clip_high=float(cfg.clip_high), aggregation=cfg.aggregation)
+        total, count, _ = grpo_losses.grpo_loss(logp_fn(p, b["tokens"]), b["old_logp"], b["adv"], b["mask"], **kw)
+        return total / jnp.maximum(count, 1e-8)
 
     @jax.jit
-    def train_step(p, s, tokens_BxT, rewards_B):
-        loss, grads = jax.value_and_grad(loss_fn)(p, tokens_BxT, rewards_B)
-        updates, s = opt.update(grads, s, p)
+    def train_step(p, s, b):
+        loss, grads = jax.value_and_grad(loss_fn)(p, b)
+        updates, s = optimizer.update(grads, s, p)
         return optax.apply_updates(p, updates), s, loss
 
+    mask = np.zeros((GLOBAL_BATCH, SEQ - 1), np.float32)
+    mask[:, SEQ // 2 :] = 1.0  # loss on the "completion" half only, like agent tokens after the prompt
+    group_ids = np.repeat(np.arange(NUM_GROUPS, dtype=np.int32), GROUP)
     losses, reward_sums = [], []
     for step in range(STEPS):
         tokens, pred_sqls, gold_sqls = _global_data(step)
         local_rewards = _host_rewards(args.db, pred_sqls[rows], gold_sqls[rows])
-        batch = multihost.global_batch_from_local({"tokens": tokens[rows], "rewards": local_rewards}, data_sharding)
+        local_adv = np.asarray(advantages.compute_advantages(cfg.advantage, local_rewards, group_ids[rows]))
+        local = {"tokens": tokens[rows], "adv": local_adv, "mask": mask[rows]}
+        batch = multihost.global_batch_from_local(local, data_sharding)
         assert batch["tokens"].shape == (GLOBAL_BATCH, SEQ)
         assert batch["tokens"].is_fully_addressable == (args.num_processes == 1)
-        params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["rewards"])
-        losses.append(float(loss))
-        reward_sums.append(float(multihost.host_gather(batch["rewards"]).sum()))
+        batch["old_logp"] = jax.jit(logp_fn)(params, batch["tokens"])  # sampling policy, fixed for the mu updates
+        for _ in range(UPDATES_PER_BATCH):  # the 2nd update sees ratio != 1, so its loss depends on the params
+            params, opt_state, loss = train_step(params, opt_state, batch)
+            losses.append(float(loss))
+        reward_sums.append(float(multihost.host_gather(local_rewards).sum()))
     flat = multihost.host_gather(params)
     checksum = float(sum(np.abs(np.asarray(v, np.float64)).sum() for v in jax.tree.leaves(flat)))
     multihost.sync("done")
@@ -156,8 +175,10 @@ def test_two_hosts_match_one_host(tmp_path):
     hosts = _wait(tmp_path, multi, 2)
 
     assert hosts[0]["rows"] == [0, 8] and hosts[1]["rows"] == [8, 16]  # each host fed only its own half
-    # Rewards are mixed (so advantages are non-zero) and the loss moves.
-    assert 0 < ref["reward_sums"][2] < GLOBAL_BATCH and len(set(ref["losses"])) == STEPS
+    # Non-trivial run: with ratio == 1 the first update's loss is ~0 (advantages are zero-mean per group); the
+    # second update of each batch moved off-policy, so its loss is non-zero and differs step to step.
+    second = ref["losses"][1::UPDATES_PER_BATCH]
+    assert all(abs(v) > 1e-4 for v in second) and len(set(second)) == STEPS
     for h in hosts:
         np.testing.assert_allclose(h["reward_sums"], ref["reward_sums"], rtol=0, atol=0)
         np.testing.assert_allclose(h["losses"], ref["losses"], rtol=1e-6)
