@@ -1,0 +1,304 @@
+"""Qwen2/Qwen2.5/Qwen3 decoder in Flax NNX: GQA + RoPE (HF rotate_half) + RMSNorm + SwiGLU, optional KV cache.
+
+Weights keep heads as their own axis (q: [embed, heads, head_dim]) so tensor parallelism shards whole heads. Every
+Param carries `logical_axes` metadata (names from configs/common.py DEFAULT_RULES); agro_jax/sharding.py maps them
+to the (data, fsdp, tensor) mesh. Attention softmax and final logits are float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from agro_jax.model.kv_cache import KVCache
+
+FAMILIES = ("qwen2", "qwen3")
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenConfig:
+    family: str = "qwen3"
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 2048
+    attention_bias: bool = False  # qwen2: True (q/k/v bias)
+    qk_norm: bool = True  # qwen3: RMSNorm over head_dim of q and k
+    dtype: str = "float32"  # compute
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"QwenConfig.family={self.family!r} must be one of {FAMILIES}")
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            if int(getattr(self, f)) <= 0:
+                raise ValueError(f"QwenConfig.{f}={getattr(self, f)!r} must be a positive int")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"QwenConfig.num_heads={self.num_heads} not divisible by num_kv_heads={self.num_kv_heads}")
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise ValueError(f"QwenConfig.head_dim={self.head_dim!r} must be a positive even int (RoPE)")
+        for f in ("dtype", "param_dtype"):
+            jnp.dtype(getattr(self, f))  # raises on an unknown dtype name
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @classmethod
+    def from_config(cls, model_cfg, vocab_size: int | None = None) -> QwenConfig:
+        """From config.model (ConfigDict). vocab_size overrides model_cfg.vocab_size when that is 0."""
+        family = str(model_cfg.family)
+        vocab = int(model_cfg.get("vocab_size", 0) or 0) or int(vocab_size or 0)
+        if vocab <= 0:
+            raise ValueError("config.model.vocab_size is 0 and no vocab_size was given (take it from the tokenizer)")
+        kw = {f.name: model_cfg[f.name] for f in dataclasses.fields(cls) if f.name in model_cfg}
+        kw.update(family=family, vocab_size=vocab)
+        kw.setdefault("attention_bias", family == "qwen2")
+        kw.setdefault("qk_norm", family == "qwen3")
+        return cls(**kw)
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> QwenConfig:
+        """From a Hugging Face config.json dict (model_type qwen2 | qwen3). Errors name the bad field."""
+        family = hf.get("model_type")
+        if family not in FAMILIES:
+            raise ValueError(f"config.json: model_type={family!r} is not supported (expected one of {FAMILIES})")
+
+        def req(name, typ=int):
+            if name not in hf or hf[name] is None:
+                raise ValueError(f"config.json: required field {name!r} is missing")
+            try:
+                return typ(hf[name])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config.json: field {name!r}={hf[name]!r} is not a valid {typ.__name__}") from e
+
+        heads = req("num_attention_heads")
+        hidden = req("hidden_size")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"config.json: rope_type={rope_type!r} is not supported (only 'default')")
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        if hf.get("use_sliding_window", False):
+            raise ValueError("config.json: use_sliding_window=true is not supported")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported (only 'silu')")
+        dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
+        return cls(
+            family=family,
+            vocab_size=req("vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=req("intermediate_size"),
+            num_layers=req("num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=int(hf.get("head_dim") or hidden // heads),
+            rope_theta=float(theta),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "qwen3")),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
+            qk_norm=family == "qwen3",
+            dtype=dtype,
+            param_dtype=dtype,
+        )
+
+    def to_hf(self) -> dict:
+        """A config.json dict that transformers' Qwen2/Qwen3ForCausalLM load."""
+        arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.family]
+        d = {
+            "architectures": [arch],
+            "model_type": self.family,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "use_sliding_window": False,
+            "attention_dropout": 0.0,
+            "dtype": str(jnp.dtype(self.param_dtype)),
+        }
+        if self.family == "qwen3":
+            d["attention_bias"] = self.attention_bias
+        return d
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def make_causal_mask(valid_BxT) -> jax.Array:
+    """mask_BxTxT: query t may attend key s iff s <= t and key s is a real (non-pad) token."""
+    t = valid_BxT.shape[1]
+    causal_TxT = jnp.tril(jnp.ones((t, t), bool))
+    return causal_TxT[None] & jnp.asarray(valid_BxT, bool)[:, None, :]
+
+
+def positions_from_valid(valid_BxT) -> jax.Array:
+    """RoPE positions: index among the row's valid tokens (left padding gets 0)."""
+    return jnp.maximum(jnp.cumsum(jnp.asarray(valid_BxT, jnp.int32), axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def token_logprobs(logits_BxTxV, targets_BxT) -> jax.Array:
+    """logp_BxT[b, t] = log_softmax(logits[b, t])[targets[b, t]] in float32."""
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    picked_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked_BxT - logz_BxT
+
+
+def _param(rngs, init, shape, dtype, axes):
+    return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+
+
+def _rms_norm(x, scale, eps):
+    """HF Qwen RMSNorm: normalize in float32, cast back, then scale."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale * x32.astype(x.dtype)
+
+
+def _rope(x_BxTxNxH, positions_BxT, theta):
+    """HF rotate_half convention: the two halves of head_dim are the (real, imag) pairs."""
+    h = x_BxTxNxH.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    freqs_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x_BxTxNxH.dtype), jnp.sin(emb).astype(x_BxTxNxH.dtype)
+    x1, x2 = jnp.split(x_BxTxNxH, 2, axis=-1)
+    return x_BxTxNxH * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+# ---------------------------------------------------------------------------------------------------- modules
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x):
+        return _rms_norm(x, self.scale[...].astype(x.dtype), self.eps)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: QwenConfig, rngs: nnx.Rngs):
+        d, n, k, h, pd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.cfg = cfg
+        self.q = _param(rngs, init, (d, n, h), pd, ("embed", "heads", "head_dim"))
+        self.k = _param(rngs, init, (d, k, h), pd, ("embed", "kv_heads", "head_dim"))
+        self.v = _param(rngs, init, (d, k, h), pd, ("embed", "kv_heads", "head_dim"))
+        self.o = _param(rngs, init, (n, h, d), pd, ("heads", "head_dim", "embed"))
+        if cfg.attention_bias:
+            zeros = nnx.initializers.zeros
+            self.q_bias = _param(rngs, zeros, (n, h), pd, ("heads", "head_dim"))
+            self.k_bias = _param(rngs, zeros, (k, h), pd, ("kv_heads", "head_dim"))
+            self.v_bias = _param(rngs, zeros, (k, h), pd, ("kv_heads", "head_dim"))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd)
+
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer: int, cache: KVCache | None, cache_index):
+        cfg, dt = self.cfg, x_BxTxD.dtype
+        q = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dt))
+        k = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dt))
+        v = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.v[...].astype(dt))
+        if cfg.attention_bias:
+            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _rope(q, positions_BxT, cfg.rope_theta), _rope(k, positions_BxT, cfg.rope_theta)
+        if cache is not None:
+            idx = (layer, 0, cache_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(cache.k_LxBxSxKxH, k[None].astype(cache.k_LxBxSxKxH.dtype), idx)
+            cv = jax.lax.dynamic_update_slice(cache.v_LxBxSxKxH, v[None].astype(cache.v_LxBxSxKxH.dtype), idx)
+            cache = cache.replace(k_LxBxSxKxH=ck, v_LxBxSxKxH=cv)
+            k, v = ck[layer].astype(dt), cv[layer].astype(dt)
+        b, t, n, h = q.shape
+        kh = cfg.num_kv_heads
+        q_BxTxKxGxH = q.reshape(b, t, kh, n // kh, h)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(h)
+        scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+        out = jnp.einsum("btnh,nhd->btd", out_BxTxKxGxH.reshape(b, t, n, h), self.o[...].astype(dt))
+        return out, cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: QwenConfig, rngs: nnx.Rngs):
+        d, f, pd = cfg.hidden_size, cfg.intermediate_size, jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.gate = _param(rngs, init, (d, f), pd, ("embed", "mlp"))
+        self.up = _param(rngs, init, (d, f), pd, ("embed", "mlp"))
+        self.down = _param(rngs, init, (f, d), pd, ("mlp", "embed"))
+
+    def __call__(self, x_BxTxD):
+        dt = x_BxTxD.dtype
+        g = x_BxTxD @ self.gate[...].astype(dt)
+        u = x_BxTxD @ self.up[...].astype(dt)
+        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: QwenConfig, rngs: nnx.Rngs):
+        pd = jnp.dtype(cfg.param_dtype)
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+        self.attn = Attention(cfg, rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, mask, layer, cache, cache_index):
+        a, cache = self.attn(self.input_norm(x), positions, mask, layer, cache, cache_index)
+        x = x + a
+        return x + self.mlp(self.post_attn_norm(x)), cache
+
+
+class Qwen(nnx.Module):
+    """`Qwen(cfg, rngs=nnx.Rngs(seed))(tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=0)`
+    -> (logits_BxTxV float32, cache | None)."""
+
+    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.embed = _param(rngs, init, (cfg.vocab_size, cfg.hidden_size), pd, ("vocab", "embed"))
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, init, (cfg.hidden_size, cfg.vocab_size), pd, ("embed", "vocab"))
+
+    def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=0):
+        cfg = self.cfg
+        dt = cfg.compute_dtype
+        x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        mask_BxTxS = jnp.asarray(mask_BxTxS, bool)
+        cache_index = jnp.asarray(cache_index, jnp.int32)
+        for i, block in enumerate(self.layers):
+            x, cache = block(x, positions_BxT, mask_BxTxS, i, cache, cache_index)
+        x = self.final_norm(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+        return logits.astype(jnp.float32), cache
