@@ -1,0 +1,33 @@
+"""build_model: the policy from config.model, params sharded by logical-axis rules (HF checkpoint or random init)."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from agro_jax.model.qwen import Qwen, QwenConfig
+from agro_jax.sharding import state_shardings
+
+
+def init_sharded(cfg: QwenConfig, mesh, rules, seed: int = 0) -> Qwen:
+    """Random init where each param is created directly in its sharding (jit with out_shardings): the full model is
+    never materialized on one device."""
+    abstract = nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(seed)))
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(abs_state, mesh, rules)
+
+    def init():
+        return nnx.state(Qwen(cfg, rngs=nnx.Rngs(seed)))
+
+    return nnx.merge(graphdef, jax.jit(init, out_shardings=shardings)())
+
+
+def build_model(model_cfg, mesh, rules, *, vocab_size: int | None = None, seed: int = 0) -> tuple[Qwen, QwenConfig]:
+    """(model, cfg). model_cfg.hf_path set: load that local HF checkpoint (architecture fields ignored)."""
+    hf_path = model_cfg.get("hf_path", "") if hasattr(model_cfg, "get") else ""
+    if hf_path:
+        from agro_jax.model.hf_io import load_hf_checkpoint
+
+        return load_hf_checkpoint(hf_path, mesh=mesh, rules=rules)
+    cfg = QwenConfig.from_config(model_cfg, vocab_size)
+    return init_sharded(cfg, mesh, rules, seed), cfg
