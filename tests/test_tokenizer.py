@@ -9,9 +9,14 @@ from transformers import AutoTokenizer
 from agro_jax.model.tokenizer import IM_END, IM_START, PAD, load_tokenizer, train_tokenizer
 
 TAGS = ["<think>", "</think>", "<sql>", "</sql>", "<observation>", "</observation>", "<answer>", "</answer>"]
-TEXTS = ["SELECT name, COUNT(*) FROM singer WHERE age > 30 GROUP BY name;", "How many singers are older than 30?",
-         "héllo wörld 12345\n\n  indented\tline", "Ünïcödé NFC: e\u0301"] * 20
-SAMPLES = ["<sql>SELECT a FROM t</sql>", "  two  spaces\n\nnew lines\r\n", "数字 123 ⟨x⟩ e\u0301 é", "<answer>x</answer>."]
+TEXTS = [
+    "SELECT name, COUNT(*) FROM singer WHERE age > 30 GROUP BY name;",
+    "How many singers are older than 30?",
+    "héllo wörld 12345\n\n  indented\tline",
+    "Ünïcödé NFC: e\u0301",
+] * 20
+SAMPLES = ["<sql>SELECT a FROM t</sql>", "  two  spaces\n\nnew lines\r\n", "数字 123 ⟨x⟩ e\u0301 é"]
+SAMPLES += ["<answer>x</answer>."]
 
 
 @pytest.fixture(scope="module")

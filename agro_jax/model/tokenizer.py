@@ -15,7 +15,8 @@ SPECIAL_TOKENS = (PAD, IM_START, IM_END)
 
 # Qwen2's pre-tokenizer split regex (transformers models/qwen2/tokenization_qwen2.py PRETOKENIZE_REGEX).
 QWEN_SPLIT_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # Qwen-style ChatML: system/user/assistant turns; add_generation_prompt opens the assistant turn.
