@@ -147,9 +147,16 @@ def test_malformed_checkpoint_errors_name_the_problem(src, tmp_path, case):
 
 
 def test_convert_cli(src, tmp_path, capsys):
-    args = types.SimpleNamespace(extra=["--in", str(src["qwen3"]), "--out", str(tmp_path / "o"), "--dtype", "float32"])
+    from agro_jax.model.tokenizer import load_tokenizer, train_tokenizer
+
+    d = _copy(src["qwen3"], tmp_path / "in")
+    train_tokenizer(["select a from t"] * 4, 270, str(d), added_tokens=["<sql>"])
+    args = types.SimpleNamespace(extra=["--in", str(d), "--out", str(tmp_path / "o"), "--dtype", "float32"])
     assert convert_main(None, args) == 0
     assert "verified" in capsys.readouterr().out
+    assert load_tokenizer(str(tmp_path / "o")).encode("<sql>", add_special_tokens=False) == [
+        load_tokenizer(str(d)).convert_tokens_to_ids("<sql>")
+    ]
     a, _ = load_hf_checkpoint(src["qwen3"])
     b, _ = load_hf_checkpoint(tmp_path / "o")
     fa, fb = flat(a), flat(b)

@@ -13,18 +13,22 @@ import argparse
 import json
 import math
 import pathlib
+import shutil
 import struct
 
 import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from agro_jax.model.qwen import Qwen, QwenConfig
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
 CODES = {np.dtype(v): k for k, v in DTYPES.items()}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "generation_config.json")  # fmt: skip
 IGNORED = ("rotary_emb.inv_freq",)  # buffers some exporters write; recomputed from rope_theta
 
 
@@ -159,7 +163,8 @@ def load_hf_checkpoint(path, mesh=None, rules=None, *, dtype=None, param_dtype=N
         shardings = dict(nnx.to_flat_state(state_shardings(state, mesh, rules)))
     mapping = tensor_map(cfg)
     used = set()
-    for key, var in nnx.to_flat_state(state):
+    flat = nnx.to_flat_state(state)
+    for key, var in tqdm(flat, desc=f"load {path.name}", disable=len(flat) < 64, leave=False):
         hf_name, to_ours, to_hf = mapping[key]
         if hf_name not in files:
             raise ValueError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
@@ -203,7 +208,7 @@ def save_hf_checkpoint(model, cfg: QwenConfig, out_dir, *, max_shard_bytes: int 
     mapping = tensor_map(cfg)
     flat = [(mapping[k][0], mapping[k][2], v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
     shards, cur, size = [], {}, 0
-    for name, to_hf, var in flat:
+    for name, to_hf, var in tqdm(flat, desc="fetch params", disable=len(flat) < 64, leave=False):
         x = to_hf(_host(var.get_value()))
         if cur and size + x.nbytes > max_shard_bytes:
             shards.append(cur)
@@ -218,7 +223,7 @@ def save_hf_checkpoint(model, cfg: QwenConfig, out_dir, *, max_shard_bytes: int 
         write_safetensors(out / "model.safetensors", shards[0])
         return out
     weight_map = {}
-    for i, shard in enumerate(shards):
+    for i, shard in enumerate(tqdm(shards, desc=f"write {out.name}", disable=len(shards) < 4, leave=False)):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         write_safetensors(out / fname, shard)
         weight_map.update(dict.fromkeys(shard, fname))
@@ -232,8 +237,9 @@ def save_hf_checkpoint(model, cfg: QwenConfig, out_dir, *, max_shard_bytes: int 
 
 
 def convert_main(config, args) -> int:
-    """`agro-sql convert --in DIR --out DIR [--dtype bfloat16]`: validate an HF Qwen checkpoint by importing it, then
-    re-export it (optionally cast, re-sharded into --max-shard-mb files) and check the export re-imports equal."""
+    """`agro-sql convert --in DIR --out DIR [--dtype bfloat16] [--max-shard-mb N]`: validates an HF Qwen checkpoint by
+    importing it, re-exports it (optionally cast / re-sharded; tokenizer files copied along) and checks that the
+    export re-imports bit-exactly."""
     p = argparse.ArgumentParser(prog="agro-sql convert")
     p.add_argument("--in", dest="src", required=True, help="HF checkpoint dir (config.json + safetensors)")
     p.add_argument("--out", dest="dst", required=True, help="output dir")
@@ -243,11 +249,14 @@ def convert_main(config, args) -> int:
     model, cfg = load_hf_checkpoint(a.src, dtype=a.dtype, param_dtype=a.dtype)
     n = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     out = save_hf_checkpoint(model, cfg, a.dst, max_shard_bytes=a.max_shard_mb << 20)
+    for f in TOKENIZER_FILES:  # keep the dir self-contained (model + tokenizer)
+        if (pathlib.Path(a.src) / f).is_file():
+            shutil.copy(pathlib.Path(a.src) / f, out / f)
     again, _ = load_hf_checkpoint(out)
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), nnx.to_pure_dict(nnx.state(model)),
                         nnx.to_pure_dict(nnx.state(again)))  # fmt: skip
     if not all(jax.tree.leaves(same)):
         print(f"convert: re-import of {out} differs from {a.src}")
         return 1
-    print(f"convert: {cfg.family} {n / 1e6:.1f}M params, dtype {cfg.param_dtype}: {a.src} -> {out} (verified)")
+    print(f"convert: {cfg.family} {n:,} params, dtype {cfg.param_dtype}: {a.src} -> {out} (verified)")
     return 0
