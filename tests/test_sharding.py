@@ -73,7 +73,9 @@ def test_sharded_forward_backward_matches(reference, shape):
         loss, grads = nnx.value_and_grad(loss_fn)(model, tokens, valid)
         return logits, loss, grads
 
-    logits, loss, grads = step(model, batch["tokens"], batch["valid"])
+    with jax.set_mesh(mesh):  # activations get the batch constraint (qwen.shard_activation)
+        logits, loss, grads = step(model, batch["tokens"], batch["valid"])
+    assert logits.sharding.shard_shape(logits.shape)[0] == 8 // (shape[0] * shape[1])
     np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-5)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-6)
     flat_ref = dict(nnx.traversals.flatten_mapping(ref_grads))

@@ -23,11 +23,13 @@ def init_sharded(cfg: QwenConfig, mesh, rules, seed: int = 0) -> Qwen:
 
 
 def build_model(model_cfg, mesh, rules, *, vocab_size: int | None = None, seed: int = 0) -> tuple[Qwen, QwenConfig]:
-    """(model, cfg). model_cfg.hf_path set: load that local HF checkpoint (architecture fields ignored)."""
+    """(model, cfg). model_cfg.hf_path set: load that local HF checkpoint (architecture fields ignored; dtype and
+    param_dtype from model_cfg still apply, e.g. bfloat16 compute over float32 master params)."""
     hf_path = model_cfg.get("hf_path", "") if hasattr(model_cfg, "get") else ""
     if hf_path:
         from agro_jax.model.hf_io import load_hf_checkpoint
 
-        return load_hf_checkpoint(hf_path, mesh=mesh, rules=rules)
+        dtype, param_dtype = model_cfg.get("dtype") or None, model_cfg.get("param_dtype") or None
+        return load_hf_checkpoint(hf_path, mesh=mesh, rules=rules, dtype=dtype, param_dtype=param_dtype)
     cfg = QwenConfig.from_config(model_cfg, vocab_size)
     return init_sharded(cfg, mesh, rules, seed), cfg

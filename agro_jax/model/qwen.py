@@ -165,6 +165,20 @@ def token_logprobs(logits_BxTxV, targets_BxT) -> jax.Array:
     return picked_BxT - logz_BxT
 
 
+def shard_activation(x_Bx___):
+    """Pins the batch dim of an activation to ('data', 'fsdp') when traced under `jax.set_mesh` (so FSDP all-gathers
+    weights rather than resharding activations); a no-op without a mesh or when the batch does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x_Bx___
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    n = math.prod(mesh.shape[a] for a in axes)
+    if not axes or x_Bx___.shape[0] % n:
+        return x_Bx___
+    spec = jax.sharding.PartitionSpec(axes, *([None] * (x_Bx___.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x_Bx___, spec)
+
+
 def _param(rngs, init, shape, dtype, axes):
     return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
 
@@ -291,14 +305,15 @@ class Qwen(nnx.Module):
     def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=0):
         cfg = self.cfg
         dt = cfg.compute_dtype
-        x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        x = shard_activation(jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt))
         mask_BxTxS = jnp.asarray(mask_BxTxS, bool)
         cache_index = jnp.asarray(cache_index, jnp.int32)
         for i, block in enumerate(self.layers):
             x, cache = block(x, positions_BxT, mask_BxTxS, i, cache, cache_index)
+            x = shard_activation(x)
         x = self.final_norm(x)
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
         else:
             logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
-        return logits.astype(jnp.float32), cache
+        return shard_activation(logits.astype(jnp.float32)), cache
