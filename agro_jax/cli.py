@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("agro_jax.sweep:sweep_main", "run or print a hyper-parameter sweep of another subcommand"),
     "eval": ("agro_jax.evaluate:eval_main", "EX evaluation of predictions (or --gold-as-pred) on Spider/BIRD data"),
     "report": ("agro_jax.report:report_main", "write report.md + plots from a run folder's metrics"),
+    "factory": ("data_factory.pipeline:factory_main", "build the verified synthetic TFDS dataset in <workdir>/factory"),
     "convert": ("agro_jax.model.hf_io:convert_main", "validate + re-export an HF Qwen checkpoint (--in/--out)"),
 }
 

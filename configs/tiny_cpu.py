@@ -56,7 +56,13 @@ def get_config(arg=None):
             "target_mix": ConfigDict({"simple": 0.3, "moderate": 0.35, "complex": 0.25, "highly_complex": 0.1}),
             "num_examples": 400,
             "heldout_fraction": 0.15,
-            "question_generator": "rules",  # rules | model
+            "heldout_by": "skeleton",  # skeleton | db | query: whole groups go to test (no leaked structures)
+            "question_generator": "rules",  # rules | model (model: pass a generate_fn via run_factory)
+            "max_result_rows": 200,  # gold results with more rows are rejected (too_many_rows)
+            "max_per_query": 1,  # examples kept per literal-masked query (same DB/tables/columns/structure)
+            "oversample": 1.3,  # rounds stop once every difficulty bucket holds target * oversample
+            "schema_compact": True,  # one line per table in schema_text (fits ~512-token prompts)
+            "schema_sample_values": 3,
         }
     )
     c.data = ConfigDict({"data_dir": "", "dataset": "agro_sql", "train_split": "train", "eval_split": "test"})
