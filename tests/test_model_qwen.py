@@ -64,3 +64,24 @@ def test_cached_decode_matches_full_forward(family, tied):
         outs.append(out)
     got = jnp.concatenate(outs, 1)
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(full)[valid], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_config_from_hf_matches_transformers_defaults(family):
+    """Fields missing from config.json default exactly as in transformers; to_hf() round-trips through it."""
+    from transformers import AutoConfig
+
+    minimal = {"model_type": family, "vocab_size": 100, "hidden_size": 256, "intermediate_size": 96,
+               "num_hidden_layers": 2, "num_attention_heads": 32}  # fmt: skip
+    for extra in ({}, {"num_key_value_heads": None}, {"num_key_value_heads": 2, "head_dim": 8}):
+        d = {**minimal, **extra}
+        ours, hf = QwenConfig.from_hf(d), AutoConfig.for_model(**d)
+        assert ours.num_kv_heads == hf.num_key_value_heads, extra
+        assert ours.head_dim == getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        assert ours.tie_word_embeddings == hf.tie_word_embeddings and ours.rms_norm_eps == hf.rms_norm_eps
+        assert ours.rope_theta == hf.rope_parameters["rope_theta"]
+    cfg = tiny(family, tie_word_embeddings=family == "qwen3")
+    back = AutoConfig.for_model(**cfg.to_hf())
+    assert QwenConfig.from_hf(back.to_dict()) == cfg
+    with pytest.raises(ValueError, match="rope_type='yarn'"):
+        QwenConfig.from_hf({**minimal, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})

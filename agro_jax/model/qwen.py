@@ -95,6 +95,7 @@ class QwenConfig:
         if hf.get("hidden_act", "silu") != "silu":
             raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported (only 'silu')")
         dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
+        kv_heads = hf.get("num_key_value_heads", 32)  # missing/None defaults as in transformers' Qwen configs
         return cls(
             family=family,
             vocab_size=req("vocab_size"),
@@ -102,11 +103,11 @@ class QwenConfig:
             intermediate_size=req("intermediate_size"),
             num_layers=req("num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(hf.get("head_dim") or hidden // heads),
+            num_kv_heads=int(kv_heads if kv_heads is not None else heads),
+            head_dim=int(hf.get("head_dim") or (128 if family == "qwen3" else hidden // heads)),
             rope_theta=float(theta),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "qwen3")),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
             attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
             qk_norm=family == "qwen3",
