@@ -30,6 +30,7 @@ def build_model(model_cfg, mesh, rules, *, vocab_size: int | None = None, seed: 
         from agro_jax.model.hf_io import load_hf_checkpoint
 
         dtype, param_dtype = model_cfg.get("dtype") or None, model_cfg.get("param_dtype") or None
-        return load_hf_checkpoint(hf_path, mesh=mesh, rules=rules, dtype=dtype, param_dtype=param_dtype)
+        remat = bool(model_cfg.get("remat", False))
+        return load_hf_checkpoint(hf_path, mesh=mesh, rules=rules, dtype=dtype, param_dtype=param_dtype, remat=remat)
     cfg = QwenConfig.from_config(model_cfg, vocab_size)
     return init_sharded(cfg, mesh, rules, seed), cfg

@@ -37,6 +37,7 @@ class QwenConfig:
     qk_norm: bool = True  # qwen3: RMSNorm over head_dim of q and k
     dtype: str = "float32"  # compute
     param_dtype: str = "float32"
+    remat: bool = False  # recompute each block in the backward pass (activation memory for long sequences)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -289,6 +290,13 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), cache
 
 
+def _block_fn(layer: int):
+    def run(block, x, positions, mask, cache, cache_index):
+        return block(x, positions, mask, layer, cache, cache_index)
+
+    return run
+
+
 class Qwen(nnx.Module):
     """`Qwen(cfg, rngs=nnx.Rngs(seed))(tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=0)`
     -> (logits_BxTxV float32, cache | None)."""
@@ -310,7 +318,8 @@ class Qwen(nnx.Module):
         mask_BxTxS = jnp.asarray(mask_BxTxS, bool)
         cache_index = jnp.asarray(cache_index, jnp.int32)
         for i, block in enumerate(self.layers):
-            x, cache = block(x, positions_BxT, mask_BxTxS, i, cache, cache_index)
+            run = nnx.remat(_block_fn(i)) if cfg.remat else _block_fn(i)
+            x, cache = run(block, x, positions_BxT, mask_BxTxS, cache, cache_index)
             x = shard_activation(x)
         x = self.final_norm(x)
         if cfg.tie_word_embeddings:
