@@ -14,6 +14,7 @@ def get_config(arg=None):
     c.model.hf_path = arg or "/mnt/models/Qwen3-8B-Base"
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
+    c.model.remat = True  # 8k-token sequences: keep only block inputs for the backward pass
     c.tokenizer.path = c.model.hf_path
     c.executor.num_workers = 16
     c.factory.candidates_per_round = 20000

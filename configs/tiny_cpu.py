@@ -32,6 +32,7 @@ def get_config(arg=None):
             "max_position_embeddings": 2048,
             "dtype": "float32",
             "param_dtype": "float32",
+            "remat": False,  # recompute blocks in backward (memory for long sequences)
         }
     )
     c.tokenizer = ConfigDict({"path": "", "vocab_size": 1024})  # path "": train the embedded byte-level BPE
