@@ -10,6 +10,7 @@ has no bfloat16.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -148,8 +149,6 @@ def load_hf_checkpoint(
 ) -> tuple[Qwen, QwenConfig]:
     """(model, cfg) from a local HF Qwen2/Qwen3 dir; params placed per `rules` on `mesh` (default: device 0).
     dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat: see QwenConfig."""
-    import dataclasses
-
     from agro_jax.sharding import state_shardings
 
     path = pathlib.Path(path)
@@ -165,8 +164,11 @@ def load_hf_checkpoint(
             from configs.common import DEFAULT_RULES as rules
         shardings = dict(nnx.to_flat_state(state_shardings(state, mesh, rules)))
     mapping = tensor_map(cfg)
-    used = set()
     flat = nnx.to_flat_state(state)
+    expected = {mapping[key][0] for key, _ in flat}
+    extra = sorted(n for n in files if n not in expected and not n.endswith(IGNORED) and n != "lm_head.weight")
+    if extra:  # e.g. a bias the config does not call for, or more layers than num_hidden_layers
+        raise ValueError(f"{path}: unexpected tensors for this {cfg.family} config.json (first: {extra[:3]})")
     for key, var in tqdm(flat, desc=f"load {path.name}", disable=len(flat) < 64, leave=False):
         hf_name, to_ours, to_hf = mapping[key]
         if hf_name not in files:
@@ -182,10 +184,6 @@ def load_hf_checkpoint(
         x = x.astype(var.dtype) if x.dtype != var.dtype else x
         sharding = shardings[key].get_value() if mesh is not None else _default_sharding()
         var.set_value(jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: np.asarray(x[idx])))
-        used.add(hf_name)
-    extra = sorted(n for n in files if n not in used and not n.endswith(IGNORED) and n != "lm_head.weight")
-    if extra:
-        raise ValueError(f"{path}: unexpected tensors for {cfg.family} config (first: {extra[:3]})")
     return nnx.merge(graphdef, state), cfg
 
 
