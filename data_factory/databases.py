@@ -21,7 +21,7 @@ from data_factory.dbgen import Rand, Table
 from data_factory.domains import BUILDERS
 
 DOMAINS = tuple(BUILDERS)
-_VERSION = 1  # bump when the generators change (invalidates cached files)
+_VERSION = 2  # bump when the generators change (invalidates cached files)
 
 
 def domain_tables(name: str, seed: int) -> list[Table]:

@@ -378,7 +378,7 @@ def _sports(r: Rand) -> list[Table]:
     player_stat = []
     for g in game:
         for t in (g[1], g[2]):
-            for p in r.sample(roster.get(t, []), min(5, len(roster.get(t, [])))):
+            for p in r.sample(roster.get(t, []), min(r.randint(3, 7), len(roster.get(t, [])))):
                 player_stat.append(
                     (g[0], p, r.normal_int(12, 8, 0, 55), r.normal_int(3, 3, 0, 18), r.normal_int(24, 9, 1, 48))
                 )

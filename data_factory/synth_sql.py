@@ -28,7 +28,7 @@ from data_factory.lexicon import Lexicon
 from data_factory.templates import TEMPLATES, Template
 
 LEVELS = ("simple", "moderate", "complex", "highly_complex")
-_NICE = 1000  # numeric literals >= this are rounded to 2 significant digits ("salary above 85000")
+_NICE = 10000  # comparison literals >= this are rounded to 2 significant digits ("salary above 85000")
 
 
 @dataclasses.dataclass
@@ -118,7 +118,9 @@ def _sample_value(ctx: DbContext, table: str, col: str, op: str, rng: random.Ran
     if op == "like":
         v = str(v)[:2]
         return v if len(v) == 2 and v.isalpha() else None
-    return None if isinstance(v, str) and '"' in v else nice(v) if not isinstance(v, str) else v
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return None if isinstance(v, str) and '"' in v else v  # equality: the exact stored value
 
 
 # ---- spec -> SQL ---------------------------------------------------------------------------------------------------
