@@ -53,7 +53,9 @@ def _check_files(builder, split: str) -> None:
             got = reader.num_records()
             reader.close()
         except Exception as e:  # noqa: BLE001 -- whatever the reader raises, name the file
-            raise DataError(f"cannot read ArrayRecord file {path}: {e}") from e
+            raise DataError(
+                f"ArrayRecord file {path} is unreadable, truncated or corrupt: {type(e).__name__} {e}"
+            ) from e
         if got != expected:
             raise DataError(
                 f"ArrayRecord file {path} holds {got} records, dataset_info.json says {expected}: truncated or corrupt"
