@@ -64,6 +64,7 @@ def get_config(arg=None):
             "oversample": 1.3,  # rounds stop once every difficulty bucket holds target * oversample
             "schema_compact": True,  # one line per table in schema_text (fits ~512-token prompts)
             "schema_sample_values": 3,
+            "extra_databases": (),  # glob patterns of more SQLite DBs to synthesize on (e.g. BIRD train DBs)
         }
     )
     c.data = ConfigDict({"data_dir": "", "dataset": "agro_sql", "train_split": "train", "eval_split": "test"})

@@ -4,7 +4,8 @@
     agro-sql factory --config configs/tiny_cpu.py [--num-examples N] [--rounds R] [--out DIR]
 
 Output (<config.workdir>/factory/ unless --out):
-    databases/<db_id>/<db_id>.sqlite   the embedded domain DBs (seeded)
+    databases/<db_id>/<db_id>.sqlite   the embedded domain DBs (seeded); config.factory.extra_databases (globs)
+                                       adds any other SQLite DBs, used in place
     examples.jsonl                     the selected examples (both splits, `split` field)
     summary.json, summary.md           counts, rejection reasons, histograms, skeleton stats, timings
     tfds/agro_sql/1.0.0/               the TFDS ArrayRecord dataset (splits train/test) -> config.data.data_dir
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import json
 import math
 import os
@@ -66,9 +68,14 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
     from agro_jax.sql.schema import render_schema
 
     t_start = time.perf_counter()
-    names = tuple(_get(fcfg, "databases", ("university",)))
-    paths = build_databases(os.path.join(out_dir, "databases"), names, seed)
+    paths = build_databases(os.path.join(out_dir, "databases"), tuple(_get(fcfg, "databases", ())), seed)
+    for pattern in _get(fcfg, "extra_databases", ()):  # any SQLite files (e.g. Spider/BIRD train DBs)
+        for path in sorted(glob.glob(pattern)):
+            paths.setdefault(os.path.splitext(os.path.basename(path))[0], path)
+    if not paths:
+        raise ValueError("config.factory.databases and extra_databases select no database")
     contexts = {name: DbContext(path) for name, path in paths.items()}
+    names = tuple(contexts)
     qgen = question_generator or RuleQuestionGenerator(seed)
     verifier = Verifier(
         executor, checker or RuleChecker(), qgen, contexts,
