@@ -63,7 +63,7 @@ def get_config(arg=None):
             "max_per_query": 1,  # examples kept per literal-masked query (same DB/tables/columns/structure)
             "oversample": 1.3,  # rounds stop once every difficulty bucket holds target * oversample
             "schema_compact": True,  # one line per table in schema_text (fits ~512-token prompts)
-            "schema_sample_values": 3,
+            "schema_sample_values": 2,  # 2 keeps the tiny BPE's prompts near 512 tokens (system prompt ~300)
             "extra_databases": (),  # glob patterns of more SQLite DBs to synthesize on (e.g. BIRD train DBs)
         }
     )

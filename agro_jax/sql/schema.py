@@ -172,7 +172,8 @@ def render_schema(db, sample_values: int = 3, compact: bool = False) -> str:
             fk = fk_by_col.get(c.name.lower())
             samples = [_fmt_value(v) for v in c.samples[:sample_values]]
             if compact:
-                s = f"{quote(c.name)} {c.type or 'ANY'}"
+                is_key = fk is not None or c.name == single_pk  # keys: "PK" / "-> t.c" say enough, skip the type
+                s = quote(c.name) if is_key else f"{quote(c.name)} {c.type or 'ANY'}"
                 s += " PK" if c.name == single_pk else ""
                 s += f" -> {quote(fk.ref_table)}.{quote(fk.ref_column)}" if fk else ""
                 is_text = "CHAR" in c.type or "TEXT" in c.type or c.type == "" or "CLOB" in c.type
