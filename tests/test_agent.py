@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 
 from agro_jax import agent
+from agro_jax.model.tokenizer import train_tokenizer
 from agro_jax.sql.executor import Executor, Query
 
 
@@ -59,8 +60,6 @@ def test_format_observation_real_results(tmp_path):
 
 
 def test_render_transcript_masks_agent_pieces_only(tmp_path):
-    train_tokenizer = pytest.importorskip("agro_jax.model.tokenizer").train_tokenizer
-
     tok = train_tokenizer([agent.SYSTEM_PROMPT, "SELECT name FROM t rows"] * 10, 300, str(tmp_path), agent.AGENT_TAGS)
     for tag in agent.AGENT_TAGS:  # single tokens -> the sampler's stop ids
         assert len(tok.encode(tag, add_special_tokens=False)) == 1

@@ -10,6 +10,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from agro_jax import agent
+from agro_jax.model.tokenizer import train_tokenizer
 from agro_jax.rollout import Sampler, run_rollouts
 from agro_jax.sql.executor import Executor, Query
 
@@ -34,9 +35,6 @@ GOLD = "SELECT name FROM singer WHERE age > 30"
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    pytest.importorskip("agro_jax.model.qwen", reason="the sampler needs the model teammate's mask helpers")
-    train_tokenizer = pytest.importorskip("agro_jax.model.tokenizer").train_tokenizer
-
     texts = [
         agent.SYSTEM_PROMPT,
         "SELECT name FROM singer WHERE age > 30 ORDER BY name; singers older than thirty; Error (sql_error) no such",

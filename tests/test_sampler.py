@@ -8,6 +8,8 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from agro_jax import agent
+from agro_jax.model.qwen import Qwen, QwenConfig, make_causal_mask, positions_from_valid
+from agro_jax.model.tokenizer import train_tokenizer
 from agro_jax.sampler import Sampler, next_pow2
 
 CFG = ConfigDict({"max_new_tokens_per_turn": 10, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_prompt_bucket": 16})
@@ -15,11 +17,7 @@ CFG = ConfigDict({"max_new_tokens_per_turn": 10, "temperature": 1.0, "top_p": 1.
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    qwen = pytest.importorskip("agro_jax.model.qwen")
-    train_tokenizer = pytest.importorskip("agro_jax.model.tokenizer").train_tokenizer
     from configs.tiny_cpu import get_config
-
-    Qwen, QwenConfig = qwen.Qwen, qwen.QwenConfig
 
     texts = [agent.SYSTEM_PROMPT, "SELECT name FROM singer WHERE age > 30 ORDER BY name"] * 10
     tok = train_tokenizer(texts, 300, str(tmp_path_factory.mktemp("tok")), added_tokens=agent.AGENT_TAGS)
@@ -31,8 +29,6 @@ def setup(tmp_path_factory):
 
 
 def full_forward_logits(graphdef, params, rest, ids):
-    from agro_jax.model.qwen import make_causal_mask, positions_from_valid
-
     tokens = jnp.asarray([ids], jnp.int32)
     valid = jnp.ones_like(tokens, bool)
     logits, _ = nnx.merge(graphdef, params, rest)(tokens, positions_from_valid(valid), make_causal_mask(valid))
