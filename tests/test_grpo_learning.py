@@ -12,10 +12,7 @@ sign, mask or advantage leaves the reward at chance).
 """
 
 import numpy as np
-import pytest
 from test_train_grpo import toy_config
-
-pytest.importorskip("agro_jax.model.builder", reason="needs agro_jax.model (builder/qwen), not landed yet")
 
 
 def test_grpo_raises_reward_on_toy_task(tmp_path):

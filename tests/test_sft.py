@@ -1,7 +1,6 @@
 """Cold start: diversity-aware selection (hybrid embeddings, k-center) and the SFT stage."""
 
 import numpy as np
-import pytest
 
 from agro_jax import sft_select
 
@@ -69,7 +68,6 @@ def _sft_config(*extra):
 
 
 def test_sft_stage_learns_agent_tokens_and_resumes(tmp_path):
-    pytest.importorskip("agro_jax.model.builder", reason="needs agro_jax.model (builder/qwen), not landed yet")
     from agro_jax import train
     from agro_jax.metrics import read_metrics
 
@@ -87,7 +85,6 @@ def test_sft_stage_learns_agent_tokens_and_resumes(tmp_path):
 
 
 def test_sft_loss_is_masked_nll():
-    pytest.importorskip("agro_jax.model.builder", reason="needs agro_jax.model (builder/qwen), not landed yet")
     import jax
 
     from agro_jax import grpo, optim, sft

@@ -10,8 +10,6 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("agro_jax.model.builder", reason="needs agro_jax.model (builder/qwen), not landed yet")
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOY = [
     "--config",
