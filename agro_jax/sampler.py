@@ -40,23 +40,33 @@ class SampleOutput:
     stopped: list[bool]  # True: ended on EOS / a stop string; False: hit max_new_tokens
 
 
+def _filter_top_k_top_p(scaled_BxV, top_p, top_k):
+    """-inf outside the top_k tokens and outside the smallest prefix of sorted tokens whose mass reaches top_p."""
+    v = scaled_BxV.shape[-1]
+    sorted_BxV = jnp.sort(scaled_BxV, axis=-1)[:, ::-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    kth = jnp.take_along_axis(sorted_BxV, jnp.broadcast_to(k - 1, (scaled_BxV.shape[0], 1)), axis=-1)
+    probs = jax.nn.softmax(sorted_BxV, axis=-1)
+    cum_before = jnp.cumsum(probs, axis=-1) - probs  # top-p always keeps at least the first token
+    pth = jnp.min(jnp.where(cum_before < top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where((scaled_BxV >= kth) & (scaled_BxV >= pth), scaled_BxV, -jnp.inf)
+
+
 def sample_token(logits_BxV, rng, temperature, top_p, top_k):
     """One token per row from tempered, top-k/top-p filtered logits (greedy when temperature <= 0) and its logp under
-    the raw logits."""
+    the raw logits. Branches are lax.cond on the traced knobs, so greedy decoding skips the sampling work and plain
+    sampling skips the vocab sort (a full sort of B x V is most of a small model's decode step on CPU)."""
     logits_BxV = logits_BxV.astype(jnp.float32)
     v = logits_BxV.shape[-1]
-    scaled = logits_BxV / jnp.maximum(temperature, 1e-6)
-    sorted_BxV = jnp.sort(scaled, axis=-1)[:, ::-1]
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
-    kth = jnp.take_along_axis(sorted_BxV, jnp.broadcast_to(k - 1, (scaled.shape[0], 1)), axis=-1)
-    probs = jax.nn.softmax(sorted_BxV, axis=-1)
-    # top-p: keep the smallest prefix of sorted tokens whose mass reaches top_p (always at least the first one).
-    cum_before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = cum_before < top_p
-    pth = jnp.min(jnp.where(keep_sorted, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    filtered = jnp.where((scaled >= kth) & (scaled >= pth), scaled, -jnp.inf)
-    sampled = jax.random.categorical(rng, filtered, axis=-1)
-    tok_B = jnp.where(temperature > 0, sampled, jnp.argmax(logits_BxV, axis=-1)).astype(jnp.int32)
+
+    def sample(logits_BxV):
+        scaled = logits_BxV / jnp.maximum(temperature, 1e-6)
+        needs_filter = ((top_k > 0) & (top_k < v)) | (top_p < 1.0)
+        scaled = jax.lax.cond(needs_filter, lambda x: _filter_top_k_top_p(x, top_p, top_k), lambda x: x, scaled)
+        return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+
+    greedy = lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32)  # noqa: E731
+    tok_B = jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
     logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV, -1), tok_B[:, None], axis=-1)[:, 0]
     return tok_B, logp_B
 

@@ -84,3 +84,28 @@ def test_compiles_bounded_across_varying_prompts_and_new_params(setup):
         assert len(out.tokens) == n
         buckets.add((next_pow2(n), next_pow2(max(map(len, prompts)), 16)))
     assert sampler.trace_count == len(buckets) <= 9  # batch {1,2,4} x prompt {16,32,64}
+
+
+def test_sample_token_distribution_and_filters():
+    """Each lax.cond branch of sample_token: frequencies follow softmax(logits / T); top-k / top-p keep exactly the
+    expected support; greedy is argmax; logp is always under the raw logits."""
+    from agro_jax.sampler import sample_token
+
+    n = 4000
+    logits_V = jnp.log(jnp.asarray([0.5, 0.25, 0.15, 0.1]))
+    logits_BxV = jnp.broadcast_to(logits_V, (n, 4))
+    f = jax.jit(sample_token)
+    logz_V = np.asarray(jax.nn.log_softmax(logits_V))
+    for temp, top_p, top_k, probs in [
+        (1.0, 1.0, 0, [0.5, 0.25, 0.15, 0.1]),
+        (0.5, 1.0, 0, np.asarray([0.5, 0.25, 0.15, 0.1]) ** 2 / np.sum(np.asarray([0.5, 0.25, 0.15, 0.1]) ** 2)),
+        (1.0, 1.0, 2, [2 / 3, 1 / 3, 0, 0]),
+        (1.0, 0.7, 0, [2 / 3, 1 / 3, 0, 0]),  # 0.5 < 0.7: the second token is needed to reach top_p
+        (1.0, 0.9, 3, [0.5 / 0.9, 0.25 / 0.9, 0.15 / 0.9, 0]),
+        (0.0, 1.0, 0, [1, 0, 0, 0]),
+    ]:
+        tok_B, logp_B = f(logits_BxV, jax.random.key(7), temp, top_p, top_k)
+        freq = np.bincount(np.asarray(tok_B), minlength=4) / n
+        np.testing.assert_allclose(freq, probs, atol=0.03, err_msg=f"T={temp} top_p={top_p} top_k={top_k}")
+        assert np.all(freq[np.asarray(probs) == 0] == 0)
+        np.testing.assert_allclose(np.asarray(logp_B), logz_V[np.asarray(tok_B)], atol=1e-6)
