@@ -81,13 +81,18 @@ def train_loop(stage, config, stage_cfg, workdir, *, params, total_steps, data_i
     return params, (out / "checkpoints" / str(final)) if final is not None else None
 
 
-def _maybe_export(config, stage, workdir, model, model_cfg, params):
+def _maybe_export(config, stage, workdir, model, model_cfg, params, tokenizer=None):
+    """<workdir>/<stage>/hf: the trained policy as an HF checkpoint, with the tokenizer files when there is one, so
+    the dir loads on its own (transformers, agro-sql eval/convert, --init_from)."""
     if not config.checkpoint.get("export_hf", False):
         return None
     from flax import nnx
 
     nnx.update(model, params)
-    return export_hf(model, model_cfg, stage_dir(workdir, stage) / "hf")
+    out = export_hf(model, model_cfg, stage_dir(workdir, stage) / "hf")
+    if tokenizer is not None and jax.process_index() == 0:
+        tokenizer.save_pretrained(str(out))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- GRPO
@@ -169,7 +174,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
             rng=jax.random.key(int(config.seed) + 1),
         )
     run_grpo.last_counters = dict(counters, ref_params_held=ref_params is not None)
-    _maybe_export(config, "grpo", workdir, model, model_cfg, params)
+    _maybe_export(config, "grpo", workdir, model, model_cfg, params, tokenizer)
     return final
 
 
@@ -348,7 +353,7 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
             one_step=one_step,
             rng=jax.random.key(int(config.seed)),
         )
-    _maybe_export(config, "sft", workdir, model, model_cfg, params)
+    _maybe_export(config, "sft", workdir, model, model_cfg, params, tokenizer)
     return final
 
 
