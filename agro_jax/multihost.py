@@ -3,7 +3,8 @@
 On a multi-host TPU slice every host runs the same `agro-sql ...` command (launch_tpu.sh sets AGRO_DISTRIBUTED=1);
 `maybe_initialize_distributed()` must run before anything touches a JAX backend. Each host then loads only its
 own rows of the global batch (`process_batch_slice`), runs its own executor pool over them, and the host-local
-arrays are stitched into one global `jax.Array` (`global_batch_from_local`) for the jitted, sharded train step.
+arrays are stitched into one global `jax.Array` (`global_batch_from_local`, or `place_batch` for a train batch) for
+the jitted, sharded train step.
 
 Env vars (explicit arguments win): AGRO_COORDINATOR_ADDRESS (host:port of process 0), AGRO_NUM_PROCESSES,
 AGRO_PROCESS_ID, or AGRO_DISTRIBUTED=1 to let JAX auto-detect the cluster (TPU VMs, Slurm, Open MPI).
@@ -138,6 +139,28 @@ def global_batch_from_local(local_tree, sharding: jax.sharding.Sharding | Mesh, 
         return jax.make_array_from_process_local_data(sharding, x, (rows, *x.shape[1:]))
 
     return jax.tree.map(make, local_tree)
+
+
+def place_batch(tree, mesh: Mesh):
+    """Host batch -> global arrays with the leading dim over the mesh's batch axes, for the jitted train steps.
+
+    One process: `tree` is the whole batch (sharding.shard_batch). Several: `tree` holds only this host's rows and
+    the global batch is their concatenation in process order, so the rows this host owns must be one contiguous
+    block (checked via `process_batch_slice`; an interleaving mesh would silently mix up rows otherwise).
+    """
+    from agro_jax.sharding import BATCH_AXES, shard_batch
+
+    if jax.process_count() == 1:
+        return shard_batch(tree, mesh)
+    sharding = batch_sharding(mesh, tuple(a for a in BATCH_AXES if a in mesh.shape))
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return tree
+    global_rows = np.shape(leaves[0])[0] * jax.process_count()
+    rows = process_batch_slice(sharding, global_rows)
+    if any(np.shape(x)[:1] != (rows.stop - rows.start,) for x in leaves):
+        raise ValueError(f"place_batch: every leaf needs this host's {rows.stop - rows.start} rows as its leading dim")
+    return global_batch_from_local(tree, sharding, global_rows)
 
 
 def host_gather(tree):

@@ -1,6 +1,8 @@
 """Multi-host correctness: 2 processes x 4 CPU devices (jax.distributed over localhost, gloo collectives) must
-train exactly like 1 process x 8 devices. Each host feeds only its own rows of the global batch and scores them
-with its own SQLite executor pool; the global arrays are built with make_array_from_process_local_data.
+train exactly like 1 process x 8 devices. The real stack: the tiny Qwen policy from agro_jax.train.build_policy
+(params FSDP-sharded over all 8 devices, so they span both hosts), config.grpo's optimizer, grpo.make_batch
+(per-group advantages, zero-variance filter), the micro-batched grpo.make_update_step. Each host feeds only its own
+rows of the global batch (multihost.place_batch) and scores them with its own SQLite executor pool.
 
 This file is also the worker: `python tests/test_multihost.py --process-id i --num-processes n ...`.
 """
@@ -15,13 +17,24 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
-GLOBAL_BATCH, GROUP, SEQ, VOCAB, STEPS, UPDATES_PER_BATCH = 16, 4, 8, 64, 3, 2
+GLOBAL_BATCH, GROUP, SEQ, PROMPT, VOCAB, STEPS, UPDATES_PER_BATCH, MICRO, LR = 16, 4, 16, 6, 128, 3, 2, 2, 1e-3
 NUM_GROUPS = GLOBAL_BATCH // GROUP
 REPO = pathlib.Path(__file__).resolve().parents[1]
+OVERRIDES = [  # a tiny Qwen3 (fsdp over 8 devices: hidden 32 = 8 x 4); 6 Adam steps of ~LR visibly move it
+    "mesh.shape=(1, 8, 1)",
+    "model.vocab_size=128",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.head_dim=8",
+    f"grpo.optim.learning_rate={LR}",
+    "grpo.optim.grad_accum_steps=2",
+    "grpo.updates_per_batch=2",
+]
 
 
 def _make_db(path: pathlib.Path) -> None:
@@ -35,26 +48,23 @@ def _make_db(path: pathlib.Path) -> None:
 def _global_data(step: int):
     """The whole global batch, identical on every host (each host then keeps only its own rows).
 
-    Rows come in GROUP-sized groups sharing one gold SQL (one prompt, several sampled answers); groups never span
-    hosts, so each host computes its groups' advantages alone, exactly as in the single-host run.
+    Right-padded sequences of ragged length: PROMPT context tokens then the "agent" tokens (loss mask). Rows come
+    in GROUP-sized groups sharing one gold SQL; groups never span hosts, so each host computes its groups'
+    advantages alone, exactly as in the single-host run. Group 3 always answers right (zero variance: filtered).
     """
     rng = np.random.default_rng(1000 + step)
-    tokens = rng.integers(0, VOCAB, size=(GLOBAL_BATCH, SEQ), dtype=np.int32)
-    gold_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in np.repeat(rng.integers(0, 5, NUM_GROUPS), GROUP)]
-    pred_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in rng.integers(0, 5, GLOBAL_BATCH)]
+    lens = rng.integers(SEQ // 2, SEQ + 1, GLOBAL_BATCH)
+    valid = np.arange(SEQ)[None] < lens[:, None]
+    tokens = np.where(valid, rng.integers(3, VOCAB, (GLOBAL_BATCH, SEQ)), 0).astype(np.int32)
+    loss_mask = (valid & (np.arange(SEQ)[None] >= PROMPT)).astype(np.float32)
+    gold_v = np.repeat(rng.integers(0, 5, NUM_GROUPS), GROUP)
+    pred_v = rng.integers(0, 5, GLOBAL_BATCH)
+    pred_v[0::GROUP], pred_v[1::GROUP] = gold_v[0::GROUP], (gold_v[1::GROUP] + 1) % 5  # a right and a wrong answer
+    pred_v[3 * GROUP :] = gold_v[3 * GROUP :]
+    gold_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in gold_v]
+    pred_sqls = [f"SELECT id FROM t WHERE v = {int(k)}" for k in pred_v]
     pred_sqls[5] = "SELEC id FROM"  # bad format on host 0's rows -> -1
-    return tokens, pred_sqls, gold_sqls
-
-
-def _host_rewards(db_path: str, pred_sqls: list[str], gold_sqls: list[str]) -> np.ndarray:
-    """This host's own executor pool scores this host's rows: +1 execution match, 0 wrong, -1 bad format."""
-    from agro_jax.rewards import compute_rewards
-    from agro_jax.sql.executor import Executor
-
-    reward_cfg = {"correct": 1.0, "wrong": 0.0, "bad_format": -1.0, "compare_mode": "bird"}
-    with Executor(num_workers=1, timeout_s=10.0) as executor:
-        rewards, _ = compute_rewards(pred_sqls, gold_sqls, [db_path] * len(pred_sqls), executor, reward_cfg)
-    return rewards
+    return tokens, valid, loss_mask, pred_sqls, gold_sqls
 
 
 def _worker(args) -> None:
@@ -63,74 +73,61 @@ def _worker(args) -> None:
 
         assert maybe_initialize_distributed(f"localhost:{args.port}", args.num_processes, args.process_id)
     import jax
-    import jax.numpy as jnp
-    import optax
-    from jax.sharding import AxisType, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from flax import nnx
 
-    from agro_jax import multihost
+    from agro_jax import grpo, multihost, optim
+    from agro_jax.config import load_config
+    from agro_jax.rewards import compute_rewards
+    from agro_jax.sql.executor import Executor
+    from agro_jax.train import build_policy
 
     assert jax.device_count() == 8 and jax.local_device_count() == 8 // args.num_processes
-    mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
-    data_sharding = multihost.batch_sharding(mesh)
-    rows = multihost.process_batch_slice(data_sharding, GLOBAL_BATCH)
-    assert rows.stop - rows.start == GLOBAL_BATCH // args.num_processes
+    config = load_config(str(REPO / "configs/tiny_cpu.py"), OVERRIDES)
+    cfg = config.grpo
+    mesh, model, _ = build_policy(config, VOCAB)
+    rows = multihost.process_slice(GLOBAL_BATCH)
+    assert multihost.process_batch_slice(multihost.batch_sharding(mesh), GLOBAL_BATCH) == rows
+    graphdef, params, rest = grpo.split_model(model)
+    init = multihost.host_gather(params)
+    assert any(not x.is_fully_addressable for x in jax.tree.leaves(params)) == (args.num_processes > 1)
 
-    # The real GRPO pieces (config.grpo hyper-parameters, optimizer, advantages, clipped loss) on a tiny
-    # embedding-MLP policy; params sharded over fsdp so every update needs cross-host collectives.
-    from agro_jax import advantages, optim
-    from agro_jax import losses as grpo_losses
-    from agro_jax.config import load_config
-
-    cfg = load_config(str(REPO / "configs/tiny_cpu.py"), ["grpo.optim.learning_rate=0.01"]).grpo
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    params = {
-        "embed": jax.random.normal(k1, (VOCAB, 32)) * 0.1,
-        "w1": jax.random.normal(k2, (32, 64)) * 0.1,
-        "w2": jax.random.normal(k3, (64, VOCAB)) * 0.1,
-    }
-    params = jax.device_put(params, {k: NamedSharding(mesh, P("fsdp")) for k in params})
-    optimizer = optim.make_optimizer(cfg.optim)
-    opt_state = optimizer.init(params)
-
-    def logp_fn(p, tokens_BxT):
-        h_BxTxD = p["embed"][tokens_BxT[:, :-1]]
-        logits_BxTxV = jax.nn.gelu(h_BxTxD @ p["w1"]) @ p["w2"]
-        return jnp.take_along_axis(jax.nn.log_softmax(logits_BxTxV), tokens_BxT[:, 1:, None], -1)[..., 0]
-
-    def loss_fn(p, b):
-        kw = dict(clip_low=float(cfg.clip_low), clip_high=float(cfg.clip_high), aggregation=cfg.aggregation)
-        total, count, _ = grpo_losses.grpo_loss(logp_fn(p, b["tokens"]), b["old_logp"], b["adv"], b["mask"], **kw)
-        return total / jnp.maximum(count, 1e-8)
-
-    @jax.jit
-    def train_step(p, s, b):
-        loss, grads = jax.value_and_grad(loss_fn)(p, b)
-        updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, loss
-
-    mask = np.zeros((GLOBAL_BATCH, SEQ - 1), np.float32)
-    mask[:, SEQ // 2 :] = 1.0  # loss on the "completion" half only, like agent tokens after the prompt
-    group_ids = np.repeat(np.arange(NUM_GROUPS, dtype=np.int32), GROUP)
-    losses, reward_sums = [], []
-    for step in range(STEPS):
-        tokens, pred_sqls, gold_sqls = _global_data(step)
-        local_rewards = _host_rewards(args.db, pred_sqls[rows], gold_sqls[rows])
-        local_adv = np.asarray(advantages.compute_advantages(cfg.advantage, local_rewards, group_ids[rows]))
-        local = {"tokens": tokens[rows], "adv": local_adv, "mask": mask[rows]}
-        batch = multihost.global_batch_from_local(local, data_sharding)
-        assert batch["tokens"].shape == (GLOBAL_BATCH, SEQ)
-        assert batch["tokens"].is_fully_addressable == (args.num_processes == 1)
-        batch["old_logp"] = jax.jit(logp_fn)(params, batch["tokens"])  # sampling policy, fixed for the mu updates
-        for _ in range(UPDATES_PER_BATCH):  # the 2nd update sees ratio != 1, so its loss depends on the params
-            params, opt_state, loss = train_step(params, opt_state, batch)
-            losses.append(float(loss))
-        reward_sums.append(float(multihost.host_gather(local_rewards).sum()))
-    flat = multihost.host_gather(params)
-    checksum = float(sum(np.abs(np.asarray(v, np.float64)).sum() for v in jax.tree.leaves(flat)))
+    history = []
+    with jax.set_mesh(mesh), Executor(num_workers=1, timeout_s=10.0) as executor:
+        optimizer = optim.make_optimizer(cfg.optim)
+        opt_state = optimizer.init(params)
+        update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
+        logp_fn = grpo.make_logp_fn(graphdef, rest)
+        for step in range(STEPS):
+            tokens, valid, loss_mask, pred_sqls, gold_sqls = _global_data(step)
+            # This host's executor scores only this host's rows; group ids are local, as run_rollouts makes them.
+            dbs = [args.db] * (rows.stop - rows.start)
+            rewards, _ = compute_rewards(pred_sqls[rows], gold_sqls[rows], dbs, executor, config.reward)
+            group_ids = (np.arange(rows.start, rows.stop) - rows.start) // GROUP
+            local = types.SimpleNamespace(
+                tokens_BxT=tokens[rows],
+                valid_BxT=valid[rows],
+                loss_mask_BxT=loss_mask[rows],
+                old_logp_BxT=np.zeros((len(dbs), SEQ), np.float32),
+                rewards_B=rewards,
+                group_ids_B=group_ids.astype(np.int32),
+            )
+            keep = grpo.filter_zero_variance(local.rewards_B, local.group_ids_B)
+            batch = grpo.make_batch(local, cfg, keep)
+            tree = multihost.place_batch(grpo.to_micro(batch.tree(), MICRO), mesh)
+            assert tree["tokens_BxT"].shape == (GLOBAL_BATCH // MICRO, MICRO, SEQ)
+            assert tree["tokens_BxT"].is_fully_addressable == (args.num_processes == 1)
+            tree["old_logp_BxT"] = logp_fn(params, tree["tokens_BxT"], tree["valid_BxT"])  # the sampling policy
+            for _ in range(UPDATES_PER_BATCH):  # the 2nd update is off-policy (ratio != 1)
+                params, opt_state, m = update_step(params, opt_state, tree)
+                history.append({k: float(v) for k, v in jax.device_get(m).items()})
+            history[-1]["reward_sum"] = float(multihost.host_gather(rewards).sum())
+            history[-1]["kept"] = int(multihost.host_gather(keep).sum())
+    final = multihost.host_gather(params)
+    flat = lambda s: {".".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(s)}  # noqa: E731
+    np.savez(args.out + ".npz", **{f"final/{k}": v for k, v in flat(final).items()},
+             **{f"init/{k}": v for k, v in flat(init).items()})  # fmt: skip
     multihost.sync("done")
-    out = {"losses": losses, "reward_sums": reward_sums, "checksum": checksum, "rows": [rows.start, rows.stop]}
-    pathlib.Path(args.out).write_text(json.dumps(out))
+    pathlib.Path(args.out).write_text(json.dumps({"history": history, "rows": [rows.start, rows.stop]}))
 
 
 def _free_port() -> int:
@@ -173,16 +170,37 @@ def test_two_hosts_match_one_host(tmp_path):
     single = _launch(tmp_path, db, 1, _free_port())
     (ref,) = _wait(tmp_path, single, 1)
     hosts = _wait(tmp_path, multi, 2)
+    ref_params = np.load(tmp_path / "out_1_0.json.npz")
 
     assert hosts[0]["rows"] == [0, 8] and hosts[1]["rows"] == [8, 16]  # each host fed only its own half
-    # Non-trivial run: with ratio == 1 the first update's loss is ~0 (advantages are zero-mean per group); the
-    # second update of each batch moved off-policy, so its loss is non-zero and differs step to step.
-    second = ref["losses"][1::UPDATES_PER_BATCH]
-    assert all(abs(v) > 1e-4 for v in second) and len(set(second)) == STEPS
-    for h in hosts:
-        np.testing.assert_allclose(h["reward_sums"], ref["reward_sums"], rtol=0, atol=0)
-        np.testing.assert_allclose(h["losses"], ref["losses"], rtol=1e-6)
-        np.testing.assert_allclose(h["checksum"], ref["checksum"], rtol=1e-6)
+    hist = ref["history"]
+    assert len(hist) == STEPS * UPDATES_PER_BATCH
+    # Non-trivial run: group 3 is filtered (12 of 16 rows kept), the bad-format row scores -1, every update trains
+    # on agent tokens, the 2nd update of each batch is off-policy and the policy moved well beyond float noise.
+    assert [h["kept"] for h in hist[1::UPDATES_PER_BATCH]] == [12] * STEPS
+    assert all(h["train_tokens"] > 0 for h in hist)
+    assert all(abs(h["ratio_mean"] - 1.0) < 1e-5 for h in hist[0::UPDATES_PER_BATCH])
+    assert all(abs(h["ratio_mean"] - 1.0) > 1e-4 for h in hist[1::UPDATES_PER_BATCH])
+    final = [k for k in ref_params.files if k.startswith("final/")]
+    moved = max(np.abs(ref_params[k] - ref_params["init/" + k[6:]]).max() for k in final)
+    assert moved > 4 * LR  # Adam moves a param ~LR per update: several updates pushed the same way
+    for i, h in enumerate(hosts):
+        for a, b in zip(h["history"], hist):
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=f"host {i}: {k}")
+        got = np.load(tmp_path / f"out_2_{i}.json.npz")
+        assert sorted(got.files) == sorted(ref_params.files)
+        for k in ref_params.files:  # same init (bit-exact) ...
+            if k.startswith("init/"):
+                np.testing.assert_array_equal(got[k], ref_params[k], err_msg=f"host {i}: {k}")
+        # ... and the same params after 6 sharded GRPO updates. Not bit-exact: the cross-host (gloo) all-reduce sums
+        # in another order than the in-process one (grads differ ~1e-7 relative), and Adam's per-element
+        # normalization turns that into up to ~LR/1000 where a grad is ~0. A wrong row, advantage or reduction
+        # would be off by ~LR per update.
+        diff = np.concatenate([np.abs(got[k] - ref_params[k]).ravel() for k in final])
+        assert diff.max() < 1e-2 * LR, f"host {i}: max param diff {diff.max():.2e}"
+        assert np.mean(diff > 1e-6) < 1e-3, f"host {i}: {np.sum(diff > 1e-6)} of {diff.size} params differ > 1e-6"
 
 
 def test_initialize_arguments_are_checked_without_starting_anything():
@@ -199,6 +217,27 @@ def test_initialize_arguments_are_checked_without_starting_anything():
     assert process_slice(12, index=2, count=3) == slice(8, 12)
     with pytest.raises(ValueError, match="cannot split 10 items evenly over 3 processes"):
         process_slice(10, index=0, count=3)
+
+
+def test_place_batch_single_process_is_shard_batch():
+    """One process (conftest's 8 CPU devices): place_batch is sharding.shard_batch, rows over (data, fsdp)."""
+    import jax
+    from ml_collections import ConfigDict
+
+    from agro_jax.multihost import place_batch
+    from agro_jax.sharding import make_mesh
+
+    mesh = make_mesh(ConfigDict({"shape": (2, 2, 2), "axis_names": ("data", "fsdp", "tensor")}))
+    tree = {
+        "tokens_BxT": np.arange(8 * 3, dtype=np.int32).reshape(8, 3),
+        "adv_B": np.linspace(-1, 1, 8, dtype=np.float32),
+    }
+    placed = place_batch(tree, mesh)
+    for k, v in tree.items():
+        np.testing.assert_array_equal(np.asarray(placed[k]), v)
+        assert placed[k].sharding.spec[0] == ("data", "fsdp") and len(placed[k].addressable_shards) == 8
+        assert {s.data.shape[0] for s in placed[k].addressable_shards} == {2}  # 8 rows over data x fsdp = 4
+    assert jax.process_count() == 1
 
 
 if __name__ == "__main__":
