@@ -113,7 +113,7 @@ def make_env(config, graphdef, rest, model_cfg, tokenizer=None):
 
 def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps: int | None = None):
     """GRPO stage. Returns the path of the final checkpoint (<workdir>/grpo/checkpoints/<step>)."""
-    from agro_jax.sharding import shard_batch
+    from agro_jax.multihost import place_batch
 
     workdir = workdir or config.workdir
     cfg = config.grpo
@@ -143,7 +143,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         batch = grpo.make_batch(ro, cfg, keep_B)
         t0 = time.perf_counter()
         with timer("update"):
-            tree = shard_batch(grpo.to_micro(batch.tree(), micro), mesh)
+            tree = place_batch(grpo.to_micro(batch.tree(), micro), mesh)
             if cfg.get("recompute_old_logp", False):
                 tree["old_logp_BxT"] = logp_fn(params, tree["tokens_BxT"], tree["valid_BxT"])
             if ref_params is not None:
@@ -313,7 +313,7 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
     """Cold-start SFT stage. `sequences` ([(tokens, agent_mask)]) skips trajectory building (tests, custom data).
     Returns the path of the final checkpoint (<workdir>/sft/checkpoints/<step>)."""
     from agro_jax import sft
-    from agro_jax.sharding import shard_batch
+    from agro_jax.multihost import place_batch
 
     workdir = workdir or config.workdir
     cfg = config.sft
@@ -334,7 +334,7 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
         nonlocal step_fn
         step_fn = step_fn or sft.make_sft_step(graphdef, rest, optimizer)
         with timer("update"):
-            batch = shard_batch(grpo.to_micro(next(batches), int(cfg.optim.grad_accum_steps)), mesh)
+            batch = place_batch(grpo.to_micro(next(batches), int(cfg.optim.grad_accum_steps)), mesh)
             params, opt_state, m = step_fn(params, opt_state, batch)
             m = jax.device_get(m)
         m.update(timer.pop())
