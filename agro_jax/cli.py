@@ -11,6 +11,8 @@ import sys
 
 # name -> ("module:function", help). The function takes (config, args) and returns an exit code or None.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("agro_jax.pipeline:run_main", "the whole pipeline: factory, tokenizer, SFT, eval, GRPO, eval, report"),
+    "sft": ("agro_jax.train:sft_main", "cold-start SFT stage on the factory data; resumes its own checkpoints"),
     "grpo": ("agro_jax.train:grpo_main", "GRPO stage: rollouts, rewards, updates; resumes its own checkpoints"),
     "sweep": ("agro_jax.sweep:sweep_main", "run or print a hyper-parameter sweep of another subcommand"),
     "eval": ("agro_jax.evaluate:eval_main", "EX evaluation of predictions (or --gold-as-pred) on Spider/BIRD data"),

@@ -3,7 +3,7 @@
 Reads whatever the run has (every input is optional, every metric key is optional):
   <workdir>/sft/metrics.jsonl, <workdir>/grpo/metrics.jsonl   one line per step (agro_jax.metrics.MetricsWriter)
   <workdir>/eval/*.json                                         eval reports: {"ex": .., "n": .., "by_difficulty": ..}
-  <workdir>/factory/stats.json (or any */*stats*.json)           data factory stats: counts, histograms, rejections
+  <workdir>/factory/summary.json (or any */*stats*.json)         data factory summary: counts, histograms, rejections
 and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, factory.png}.
 """
 
@@ -217,7 +217,7 @@ def factory_section(path: pathlib.Path, out_dir: pathlib.Path) -> list[str]:
 
 
 def _find_factory_stats(workdir: pathlib.Path) -> pathlib.Path | None:
-    for p in (workdir / "factory/stats.json", workdir / "data/stats.json", workdir / "factory_stats.json"):
+    for p in (workdir / "factory/summary.json", workdir / "factory/stats.json", workdir / "factory_stats.json"):
         if p.is_file():
             return p
     found = sorted(workdir.glob("*/*stats*.json"))

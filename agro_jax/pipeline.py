@@ -1,0 +1,200 @@
+"""`agro-sql run`: the whole AGRO-SQL pipeline in one command, stage by stage, each resumable from its outputs.
+
+    factory -> tokenizer -> sft -> eval_sft -> grpo -> eval_grpo -> report
+
+Run folder (<workdir>):
+    factory/{databases/, examples.jsonl, summary.json, summary.md, tfds/}   verified synthetic data (TFDS ArrayRecord)
+    tokenizer/                      byte-level BPE trained on the train split (skipped if config.tokenizer.path is set)
+    sft/, grpo/                     checkpoints/, metrics.jsonl, tb/, hf/ (see agro_jax/train.py)
+    eval/{sft,grpo}.{json,md}       EX on the held-out split with the greedy agent (EX before vs after GRPO)
+    report/report.md + PNGs         agro_jax/report.py
+    stages.json                     finished stages with their outputs and wall times
+
+A stage is skipped when its marker is in stages.json and its outputs still exist; training stages killed midway
+resume from their own latest checkpoint. `--stages sft,eval_sft` runs a subset; `--force` reruns the named stages
+(training stages still resume from their checkpoints: delete <workdir>/<stage> to train again from scratch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+STAGES = ("factory", "tokenizer", "sft", "eval_sft", "grpo", "eval_grpo", "report")
+
+
+class Pipeline:
+    def __init__(self, config, workdir=None, log=print):
+        self.config = config
+        self.workdir = pathlib.Path(workdir or config.workdir).absolute()
+        self.log = log
+        self._state_path = self.workdir / "stages.json"
+        self.state = json.loads(self._state_path.read_text()) if self._state_path.is_file() else {}
+        self._tokenizer = None
+        with config.unlocked():  # later stages read the factory's dataset unless the config names another one
+            if not config.data.data_dir:
+                config.data.data_dir = str(self.workdir / "factory" / "tfds")
+
+    # ----------------------------------------------------------------------------------------------- bookkeeping
+
+    def _done(self, stage: str) -> bool:
+        rec = self.state.get(stage)
+        return bool(rec) and all(pathlib.Path(p).exists() for p in rec.get("outputs", []))
+
+    def _mark(self, stage: str, outputs: list, seconds: float, **extra) -> None:
+        self.state[stage] = {"outputs": [str(p) for p in outputs], "seconds": round(seconds, 2), **extra}
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self._state_path)  # atomic: a kill never leaves a half-written marker file
+
+    def run(self, stages=STAGES, force: bool = False) -> dict:
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        t_all = time.perf_counter()
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if self._done(stage) and not force:
+                self.log(f"[run] {stage}: done earlier ({self.state[stage]['seconds']} s), skipping")
+                continue
+            self.log(f"[run] === {stage} ===")
+            t0 = time.perf_counter()
+            outputs, extra = getattr(self, f"stage_{stage}")()
+            self._mark(stage, outputs, time.perf_counter() - t0, **extra)
+            self.log(f"[run] {stage}: {time.perf_counter() - t0:.1f} s")
+        self.log(f"[run] finished in {time.perf_counter() - t_all:.1f} s; report: {self.workdir / 'report/report.md'}")
+        return self.state
+
+    # ---------------------------------------------------------------------------------------------------- stages
+
+    def stage_factory(self):
+        from agro_jax.sql.executor import Executor
+        from data_factory.pipeline import run_factory, write_outputs
+
+        out = self.workdir / "factory"
+        with Executor.from_config(self.config.executor) as ex:
+            records, summary = run_factory(self.config.factory, ex, str(out), seed=int(self.config.seed))
+        tfds_path = write_outputs(records, summary, str(out), build_tfds=True)
+        return [out / "summary.json", tfds_path], {"examples": len(records)}
+
+    def stage_tokenizer(self):
+        if self.config.tokenizer.path:
+            self.log(f"[run] tokenizer: using {self.config.tokenizer.path}")
+            return [self.config.tokenizer.path], {}
+        from agro_jax import agent, sft
+        from agro_jax.data import load_examples
+        from agro_jax.model.tokenizer import train_tokenizer
+
+        examples = load_examples(self.config.data.data_dir, self.config.data.train_split)
+        # Everything the policy reads or writes: prompt, schemas, questions, gold reasoning and SQL.
+        texts = [agent.SYSTEM_PROMPT]
+        for e in examples:
+            texts += [e["schema_text"], e["question"], e["sql"], sft.gold_reasoning(e)]
+        out = self.workdir / "tokenizer"
+        tok = train_tokenizer(texts, int(self.config.tokenizer.vocab_size), str(out), added_tokens=agent.AGENT_TAGS)
+        self._tokenizer = tok
+        self._check_prompt_lengths(tok, examples)
+        return [out / "tokenizer.json"], {"vocab_size": len(tok)}
+
+    def _check_prompt_lengths(self, tok, examples) -> None:
+        from agro_jax import agent
+
+        lens = sorted(len(agent.prompt_ids(tok, e["schema_text"], e["question"], e["evidence"])) for e in examples)
+        limit = int(self.config.rollout.max_prompt_len)
+        over = sum(n > limit for n in lens)
+        self.log(f"[run] prompt tokens: median {lens[len(lens) // 2]}, max {lens[-1]}; limit {limit}")
+        if over:
+            self.log(f"[run] WARNING {over}/{len(lens)} prompts exceed rollout.max_prompt_len={limit} (left-truncated)")
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from agro_jax.train import resolve_tokenizer
+
+            self._tokenizer = resolve_tokenizer(self.config, self.workdir)
+        return self._tokenizer
+
+    def stage_sft(self):
+        from agro_jax.train import run_sft
+
+        final = run_sft(self.config, self.workdir, tokenizer=self.tokenizer())
+        return [final], {"checkpoint": str(final)}
+
+    def stage_grpo(self):
+        from agro_jax.train import run_grpo
+
+        init = self._checkpoint("sft")
+        final = run_grpo(self.config, self.workdir, init_from=init, tokenizer=self.tokenizer())
+        return [final], {"checkpoint": str(final), "init_from": str(init)}
+
+    def stage_eval_sft(self):
+        return self._evaluate("sft")
+
+    def stage_eval_grpo(self):
+        return self._evaluate("grpo")
+
+    def stage_report(self):
+        from agro_jax.report import write_report
+
+        path = write_report(self.workdir)
+        return [path], {}
+
+    # --------------------------------------------------------------------------------------------------- helpers
+
+    def _checkpoint(self, stage: str) -> pathlib.Path:
+        rec = self.state.get(stage, {})
+        if rec.get("checkpoint") and pathlib.Path(rec["checkpoint"]).exists():
+            return pathlib.Path(rec["checkpoint"])
+        from agro_jax.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(self.workdir / stage / "checkpoints", async_save=False)
+        step = ckpt.latest_step()
+        ckpt.close()
+        if step is None:
+            raise FileNotFoundError(f"no {stage} checkpoint under {self.workdir / stage}; run the {stage} stage first")
+        return self.workdir / stage / "checkpoints" / str(step)
+
+    def _evaluate(self, stage: str):
+        """Greedy multi-turn agent on the held-out split, scored by execution (EX) with the configured compare mode."""
+        import jax
+
+        from agro_jax import evaluate, grpo
+        from agro_jax.data import load_examples
+        from agro_jax.rollout import greedy_generate_fn
+        from agro_jax.sampler import Sampler
+        from agro_jax.sql.executor import Executor
+        from agro_jax.train import build_policy
+
+        cfg = self.config
+        tok = self.tokenizer()
+        examples = load_examples(cfg.data.data_dir, cfg.eval.split)
+        if int(cfg.eval.max_examples) > 0:
+            examples = examples[: int(cfg.eval.max_examples)]
+        vocab = int(cfg.model.vocab_size) or len(tok)
+        mesh, model, model_cfg = build_policy(cfg, vocab, init_from=self._checkpoint(stage))
+        graphdef, params, rest = grpo.split_model(model)
+        sampler = Sampler(graphdef, rest, model_cfg, tok, cfg.rollout)
+        with jax.set_mesh(mesh), Executor.from_config(cfg.executor) as ex:
+            generate = greedy_generate_fn(sampler, params, ex, cfg.rollout, seed=int(cfg.seed))
+            report = evaluate.evaluate_policy(examples, generate, ex, str(cfg.eval.mode), int(cfg.eval.batch_size))
+        report["name"] = stage
+        jpath, mpath = evaluate.write_report(report, str(self.workdir / "eval"), stage)
+        self.log(f"[run] EX after {stage}: {100 * report['ex']:.2f}% on {report['num_examples']} held-out examples")
+        return [jpath, mpath], {"ex": report["ex"], "n": report["num_examples"]}
+
+
+def run_main(config, args) -> int:
+    p = argparse.ArgumentParser(prog="agro-sql run")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--force", action="store_true", help="rerun the named stages even if they finished before")
+    a = p.parse_args(getattr(args, "extra", []) or [])
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    Pipeline(config, config.workdir).run(stages, force=a.force)
+    return 0

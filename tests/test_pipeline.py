@@ -1,0 +1,84 @@
+"""`agro-sql run` end to end on a shrunken embedded default: every stage runs for real (factory over SQLite, TFDS,
+BPE tokenizer, SFT, greedy agent eval through the executor pool, GRPO with agent rollouts, report), then resumes."""
+
+import json
+import pathlib
+
+import pytest
+
+from agro_jax import cli
+from agro_jax.pipeline import STAGES
+
+SMALL = [
+    "--config.factory.num_examples=48",
+    "--config.factory.rounds=1",
+    "--config.factory.candidates_per_round=150",
+    "--config.tokenizer.vocab_size=600",
+    "--config.sft.num_selected=16",
+    "--config.sft.batch_size=8",
+    "--config.sft.epochs=1",
+    "--config.grpo.steps=2",
+    "--config.grpo.prompts_per_step=4",
+    "--config.grpo.group_size=2",
+    "--config.rollout.max_turns=2",
+    "--config.rollout.max_new_tokens_per_turn=12",
+    "--config.eval.max_examples=8",
+    "--config.eval.batch_size=8",
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.async_save=False",
+]
+
+
+def _run(workdir, *extra):
+    return cli.main(["run", "--config", "configs/tiny_cpu.py", "--workdir", str(workdir), *SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    assert _run(workdir) == 0
+    return workdir
+
+
+def test_every_stage_leaves_its_outputs(run_dir: pathlib.Path):
+    state = json.loads((run_dir / "stages.json").read_text())
+    assert list(state) == list(STAGES)
+    assert (run_dir / "factory/tfds/agro_sql/1.0.0/dataset_info.json").is_file()
+    assert (run_dir / "tokenizer/tokenizer.json").is_file()
+    assert state["sft"]["checkpoint"].endswith("sft/checkpoints/2")  # 16 trajectories / batch 8 x 1 epoch
+    assert state["grpo"]["init_from"] == state["sft"]["checkpoint"]
+    assert state["grpo"]["checkpoint"].endswith("grpo/checkpoints/2")
+    assert (run_dir / "grpo/hf/config.json").is_file() and (run_dir / "sft/hf/config.json").is_file()
+    rows = [json.loads(line) for line in (run_dir / "grpo/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("reward_mean" in r for r in rows)
+
+
+def test_eval_reports_ex_before_and_after_grpo(run_dir: pathlib.Path):
+    for stage in ("sft", "grpo"):
+        report = json.loads((run_dir / f"eval/{stage}.json").read_text())
+        assert report["name"] == stage and report["num_examples"] == 8
+        assert 0.0 <= report["ex"] <= 1.0 and sum(report["reasons"].values()) == 8
+    md = (run_dir / "report/report.md").read_text()
+    assert "## Evaluation (execution accuracy, %)" in md and "| difficulty | sft | grpo |" in md
+    assert "## Data factory" in md and "## GRPO" in md and "## SFT" in md
+    for png in ("eval_ex.png", "grpo.png", "sft.png", "factory.png"):
+        assert (run_dir / "report" / png).stat().st_size > 1000
+
+
+def test_rerun_skips_finished_stages_and_redoes_missing_outputs(run_dir: pathlib.Path, capsys):
+    before = json.loads((run_dir / "stages.json").read_text())
+    (run_dir / "eval/grpo.json").unlink()  # a lost output: only its stage (and nothing before it) runs again
+    capsys.readouterr()
+    assert _run(run_dir) == 0
+    log = capsys.readouterr().out
+    for stage in ("factory", "tokenizer", "sft", "eval_sft", "grpo", "report"):
+        assert f"{stage}: done earlier" in log
+    assert "=== eval_grpo ===" in log and (run_dir / "eval/grpo.json").is_file()
+    after = json.loads((run_dir / "stages.json").read_text())
+    assert after["sft"] == before["sft"] and after["grpo"] == before["grpo"]
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _run(tmp_path, "--stages", "factory,finetune")
+    assert "unknown stage(s) ['finetune']" in capsys.readouterr().err
