@@ -21,11 +21,22 @@ class SqlEnv:
         self._rollout_lib = rollout_lib
 
     def prompt_iterator(self):
+        """This host's share of the prompts: each host samples its own rows (multihost.place_batch joins them)."""
+        import jax
+
         from agro_jax.data import make_prompt_iterator
 
-        d = self.config.data
+        d, hosts = self.config.data, jax.process_count()
+        per_step = int(self.config.grpo.prompts_per_step)
+        if per_step % hosts:
+            raise ValueError(f"config.grpo.prompts_per_step={per_step} must be divisible by the {hosts} hosts")
         return make_prompt_iterator(
-            d.data_dir, d.train_split, batch_size=int(self.config.grpo.prompts_per_step), seed=int(self.config.seed)
+            d.data_dir,
+            d.train_split,
+            batch_size=per_step // hosts,
+            seed=int(self.config.seed),
+            shard_index=jax.process_index(),
+            shard_count=hosts,
         )
 
     def rollout(self, params, examples, rng):

@@ -201,6 +201,8 @@ def _arrays(ro) -> dict:
 
 
 def _bucket(t: int, max_len: int, step: int = 128) -> int:
+    if jax.process_count() > 1:  # hosts roll out independently; one global array needs one T on every host
+        return max(t, max_len)
     return max(t, min(-(-t // step) * step, max_len))
 
 
