@@ -163,6 +163,32 @@ def place_batch(tree, mesh: Mesh):
     return global_batch_from_local(tree, sharding, global_rows)
 
 
+def host_rows(global_tree, mesh: Mesh):
+    """Inverse of `place_batch`: this host's rows of batch-leading global arrays, as numpy (collective: every host
+    calls it). Gathers the whole arrays first: meant for small outputs such as sampled token ids."""
+    full = host_gather(global_tree)
+    leaves = jax.tree.leaves(full)
+    if not leaves:
+        return full
+    sharding = batch_sharding(mesh, tuple(a for a in ("data", "fsdp") if a in mesh.shape))
+    rows = process_batch_slice(sharding, np.shape(leaves[0])[0])
+    return jax.tree.map(lambda x: np.asarray(x)[rows], full)
+
+
+def process_max(values) -> np.ndarray:
+    """Elementwise max of a small int vector over all hosts (collective; identity on one process), e.g. so every
+    host picks the same bucketed shapes for a jitted call."""
+    values = np.asarray(values, np.int64)
+    if jax.process_count() == 1:
+        return values
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(-1, *values.shape).max(0)
+
+
+def any_host(flag: bool) -> bool:
+    """True if `flag` is True on any host (collective): loops that run collective steps end on all hosts together."""
+    return bool(process_max([int(bool(flag))])[0])
+
+
 def host_gather(tree):
     """Global (sharded) or per-host arrays -> the full numpy value on every host (e.g. for metrics)."""
     return multihost_utils.process_allgather(tree, tiled=True)

@@ -5,6 +5,9 @@ Each turn re-prefills the whole conversation (prompt + previous turns + observat
 finished sequences simply drop out of the next turn's batch. A sequence ends when it answers, writes an invalid turn,
 explores on its last allowed turn, or runs out of max_total_len (truncation): the last three leave final_sql None,
 which compute_rewards scores as bad format.
+
+Multi-process: each host rolls out its own examples with its own executor; turns stay in lock-step across hosts
+(the sampler call is collective), so the loop ends only when no host has a live sequence.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import jax
 import numpy as np
 
 from agro_jax import agent
+from agro_jax.multihost import any_host
 from agro_jax.sampler import SampleOutput, Sampler, next_pow2  # noqa: F401 -- re-exported: rollout.Sampler
 
 __all__ = ["Rollout", "Sampler", "SampleOutput", "run_rollouts"]
@@ -88,10 +92,12 @@ def run_rollouts(
         live = [i for i in active if len(convs[i]) < max_total]
         for i in set(active) - set(live):
             reasons[i] = "truncated"
-        if not live:
+        if not any_host(bool(live)):
             break
+        # Multi-process generate is collective: a host whose rows are all done still joins with a dummy prompt.
+        prompts = [convs[i] for i in live] or [[int(sampler.pad_id)]]
         t0 = time.perf_counter()
-        out = sampler.generate(params, [convs[i] for i in live], jax.random.fold_in(rng, turn), temperature=temp)
+        out = sampler.generate(params, prompts, jax.random.fold_in(rng, turn), temperature=temp)
         timings["generate"] += time.perf_counter() - t0
         queries, asked, active = [], [], []
         for j, i in enumerate(live):
@@ -116,10 +122,10 @@ def run_rollouts(
             else:
                 queries.append(Query(examples[groups[i]]["db_path"], action.sql))
                 asked.append(i)
-        if not queries:
+        if not any_host(bool(queries)):
             break
         t0 = time.perf_counter()
-        results = executor.run_many(queries)
+        results = executor.run_many(queries) if queries else []
         timings["execute"] += time.perf_counter() - t0
         for i, res in zip(asked, results):
             piece = agent.observation_text(agent.format_observation(res, obs_rows, obs_chars))

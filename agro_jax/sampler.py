@@ -15,6 +15,11 @@ Returned logprobs: logp_t = log_softmax(raw logits)[token_t], i.e. under the pol
 filtering. That is exactly what grpo.sequence_logprobs recomputes from the same params, so old/new ratios are 1 at the
 first update; it is NOT the probability under the tempered/truncated sampling distribution.
 
+Multi-process (jax.process_count() > 1, params global arrays on a mesh): every host passes its own prompts, the
+hosts agree on the bucket (process_max), the prompt rows become one batch-sharded global array (multihost.place_batch)
+and each host gets its own rows back. The call is collective: every host must call generate the same number of
+times (a host with nothing to generate passes a dummy prompt; rollout.run_rollouts does).
+
 The KV cache is allocated inside the jitted call and threaded through the while_loop, so XLA updates it in place
 (nothing crosses the jit boundary to donate). `model_fn`/`init_cache` are pluggable (tests force scripted transcripts).
 """
@@ -22,6 +27,7 @@ The KV cache is allocated inside the jitted call and threaded through the while_
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +75,14 @@ def sample_token(logits_BxV, rng, temperature, top_p, top_k):
     tok_B = jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
     logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV, -1), tok_B[:, None], axis=-1)[:, 0]
     return tok_B, logp_B
+
+
+def _params_mesh(params):
+    """The mesh the (global, multi-process) params live on."""
+    for x in jax.tree.leaves(params):
+        if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding):
+            return x.sharding.mesh
+    raise ValueError("multi-process sampling needs params placed on a mesh (NamedSharding global arrays)")
 
 
 class Sampler:
@@ -161,15 +175,26 @@ class Sampler:
         top_k = int(cfg.get("top_k", 0) if top_k is None else top_k)
         max_new = int(max_new_tokens or self.max_new_tokens)
         n, longest = len(prompts), max(len(x) for x in prompts)
-        b, p = next_pow2(n), next_pow2(longest, self.min_prompt_bucket)
+        mesh = _params_mesh(params) if jax.process_count() > 1 else None
+        if mesh is not None:  # every host must trace the same shapes: bucket the largest n / prompt over hosts
+            from agro_jax import multihost
+
+            n_max, longest = multihost.process_max([n, longest])
+            per_host = max(1, math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape))
+            per_host = max(1, per_host // jax.process_count())
+            b = -(-next_pow2(n_max) // per_host) * per_host  # this host's rows split evenly over its batch shards
+        else:
+            b = next_pow2(n)
+        p = next_pow2(longest, self.min_prompt_bucket)
         prompt_BxP = np.full((b, p), self.pad_id, np.int32)
         valid_BxP = np.zeros((b, p), bool)
         for i, ids in enumerate(prompts):
             prompt_BxP[i, p - len(ids) :], valid_BxP[i, p - len(ids) :] = ids, True
         valid_BxP[n:, -1] = True  # bucket filler rows: one valid token so attention has a key
-        toks, logps = jax.device_get(
-            self._jit(params, prompt_BxP, valid_BxP, rng, temperature, top_p, top_k, max_new=max_new)
-        )
+        if mesh is not None:
+            prompt_BxP, valid_BxP = multihost.place_batch((prompt_BxP, valid_BxP), mesh)
+        out_jit = self._jit(params, prompt_BxP, valid_BxP, rng, temperature, top_p, top_k, max_new=max_new)
+        toks, logps = multihost.host_rows(out_jit, mesh) if mesh is not None else jax.device_get(out_jit)
         out = SampleOutput([], [], [])
         stop = set(self.stop_ids)
         for i in range(n):

@@ -2,7 +2,10 @@
 train exactly like 1 process x 8 devices. The real stack: the tiny Qwen policy from agro_jax.train.build_policy
 (params FSDP-sharded over all 8 devices, so they span both hosts), config.grpo's optimizer, grpo.make_batch
 (per-group advantages, zero-variance filter), the micro-batched grpo.make_update_step. Each host feeds only its own
-rows of the global batch (multihost.place_batch) and scores them with its own SQLite executor pool.
+rows of the global batch (multihost.place_batch) and scores them with its own SQLite executor pool. Before training,
+greedy agent rollouts (rollout.run_rollouts + the KV-cache Sampler on the sharded params) give every example the same
+trajectory as in the 1-process run, although host 0's rows are all done before turn 0 (so it must join the collective
+generate calls with a dummy prompt).
 
 This file is also the worker: `python tests/test_multihost.py --process-id i --num-processes n ...`.
 """
@@ -25,9 +28,8 @@ import pytest
 GLOBAL_BATCH, GROUP, SEQ, PROMPT, VOCAB, STEPS, UPDATES_PER_BATCH, MICRO, LR = 16, 4, 16, 6, 128, 3, 2, 2, 1e-3
 NUM_GROUPS = GLOBAL_BATCH // GROUP
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OVERRIDES = [  # a tiny Qwen3 (fsdp over 8 devices: hidden 32 = 8 x 4); 6 Adam steps of ~LR visibly move it
+OVERRIDES = [  # a tiny Qwen3 (vocab from the tokenizer; fsdp over 8 devices: hidden 32 = 8 x 4); 6 Adam steps of ~LR
     "mesh.shape=(1, 8, 1)",
-    "model.vocab_size=128",
     "model.hidden_size=32",
     "model.intermediate_size=64",
     "model.head_dim=8",
@@ -67,6 +69,46 @@ def _global_data(step: int):
     return tokens, valid, loss_mask, pred_sqls, gold_sqls
 
 
+def _rollout_examples(db: str, tok) -> tuple[list[dict], int]:
+    """4 examples (host 0 gets 0-1, host 1 gets 2-3) and a length budget: 0-1 have prompts over it (truncated before
+    generating anything), 2-3 leave room for 8 new tokens."""
+    from agro_jax import agent
+
+    schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)"
+    notes = [" -- unused notes" * 60] * 2 + [""] * 2
+    examples = [
+        {"schema_text": schema + notes[i], "question": f"Which ids have v = {i}?", "db_path": db,
+         "sql": f"SELECT id FROM t WHERE v = {i}"}
+        for i in range(4)
+    ]  # fmt: skip
+    budget = max(len(agent.prompt_ids(tok, e["schema_text"], e["question"])) for e in examples[2:]) + 12
+    return examples, budget
+
+
+def _rollouts(config, sampler_args, params, executor, db, tok) -> dict:
+    import jax
+    from ml_collections import ConfigDict
+
+    from agro_jax import multihost
+    from agro_jax.rollout import Sampler, run_rollouts
+
+    examples, budget = _rollout_examples(db, tok)
+    cfg = ConfigDict(config.rollout.to_dict())
+    cfg.update(max_turns=2, max_new_tokens_per_turn=8, max_prompt_len=budget, max_total_len=budget)
+    sampler = Sampler(*sampler_args, tok, cfg)
+    mine = multihost.process_slice(len(examples))
+    rng = jax.random.key(0)
+    ro = run_rollouts(sampler, params, examples[mine], executor, cfg, group_size=1, rng=rng, reward_cfg=config.reward,
+                      greedy=True)  # fmt: skip
+    out = {}
+    for b, g in enumerate(range(mine.start, mine.stop)):
+        k = int(ro.valid_BxT[b].sum())
+        out[str(g)] = {"tokens": ro.tokens_BxT[b, :k].tolist(), "mask": ro.loss_mask_BxT[b, :k].tolist(),
+                       "logp": ro.old_logp_BxT[b, :k].tolist(), "reason": ro.finish_reasons[b],
+                       "turns": int(ro.num_turns_B[b]), "reward": float(ro.rewards_B[b])}  # fmt: skip
+    return out
+
+
 def _worker(args) -> None:
     if args.num_processes > 1:
         from agro_jax.multihost import maybe_initialize_distributed
@@ -77,6 +119,7 @@ def _worker(args) -> None:
 
     from agro_jax import grpo, multihost, optim
     from agro_jax.config import load_config
+    from agro_jax.model.tokenizer import load_tokenizer
     from agro_jax.rewards import compute_rewards
     from agro_jax.sql.executor import Executor
     from agro_jax.train import build_policy
@@ -84,7 +127,8 @@ def _worker(args) -> None:
     assert jax.device_count() == 8 and jax.local_device_count() == 8 // args.num_processes
     config = load_config(str(REPO / "configs/tiny_cpu.py"), OVERRIDES)
     cfg = config.grpo
-    mesh, model, _ = build_policy(config, VOCAB)
+    tok = load_tokenizer(args.tok)
+    mesh, model, model_cfg = build_policy(config, len(tok))
     rows = multihost.process_slice(GLOBAL_BATCH)
     assert multihost.process_batch_slice(multihost.batch_sharding(mesh), GLOBAL_BATCH) == rows
     graphdef, params, rest = grpo.split_model(model)
@@ -95,6 +139,7 @@ def _worker(args) -> None:
     with jax.set_mesh(mesh), Executor(num_workers=1, timeout_s=10.0) as executor:
         optimizer = optim.make_optimizer(cfg.optim)
         opt_state = optimizer.init(params)
+        rollouts = _rollouts(config, (graphdef, rest, model_cfg), params, executor, args.db, tok)
         update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
         logp_fn = grpo.make_logp_fn(graphdef, rest)
         for step in range(STEPS):
@@ -127,7 +172,9 @@ def _worker(args) -> None:
     np.savez(args.out + ".npz", **{f"final/{k}": v for k, v in flat(final).items()},
              **{f"init/{k}": v for k, v in flat(init).items()})  # fmt: skip
     multihost.sync("done")
-    pathlib.Path(args.out).write_text(json.dumps({"history": history, "rows": [rows.start, rows.stop]}))
+    pathlib.Path(args.out).write_text(
+        json.dumps({"history": history, "rows": [rows.start, rows.stop], "rollouts": rollouts})
+    )
 
 
 def _free_port() -> int:
@@ -142,7 +189,8 @@ def _launch(tmp: pathlib.Path, db: pathlib.Path, num_processes: int, port: int) 
     procs = []
     for i in range(num_processes):
         cmd = [sys.executable, __file__, "--process-id", str(i), "--num-processes", str(num_processes)]
-        cmd += ["--port", str(port), "--db", str(db), "--out", str(tmp / f"out_{num_processes}_{i}.json")]
+        cmd += ["--port", str(port), "--db", str(db), "--tok", str(tmp / "tok")]
+        cmd += ["--out", str(tmp / f"out_{num_processes}_{i}.json")]
         log = open(tmp / f"log_{num_processes}_{i}.txt", "w")  # noqa: SIM115 - closed by the process ending
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
@@ -163,8 +211,13 @@ def _wait(tmp: pathlib.Path, procs: list[subprocess.Popen], num_processes: int) 
 
 
 def test_two_hosts_match_one_host(tmp_path):
+    from agro_jax import agent
+    from agro_jax.model.tokenizer import train_tokenizer
+
     db = tmp_path / "t.sqlite"
     _make_db(db)
+    texts = [agent.SYSTEM_PROMPT, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER) Which ids have v = 3?"] * 10
+    train_tokenizer(texts, 300, str(tmp_path / "tok"), added_tokens=agent.AGENT_TAGS)  # loaded by every worker
     # Both runs at once: the 2-process pair and the 1-process reference (shared 2-core CPU, so overlap helps).
     multi = _launch(tmp_path, db, 2, _free_port())
     single = _launch(tmp_path, db, 1, _free_port())
@@ -173,6 +226,17 @@ def test_two_hosts_match_one_host(tmp_path):
     ref_params = np.load(tmp_path / "out_1_0.json.npz")
 
     assert hosts[0]["rows"] == [0, 8] and hosts[1]["rows"] == [8, 16]  # each host fed only its own half
+    # Rollouts: the same greedy trajectory for every example; host 0 had nothing to generate (all truncated).
+    got = {**hosts[0]["rollouts"], **hosts[1]["rollouts"]}
+    assert sorted(got) == sorted(ref["rollouts"]) == ["0", "1", "2", "3"]
+    for g, want in ref["rollouts"].items():
+        assert got[g]["tokens"] == want["tokens"] and got[g]["mask"] == want["mask"], f"example {g}"
+        assert (got[g]["reason"], got[g]["turns"], got[g]["reward"]) == (want["reason"], want["turns"], want["reward"])
+        np.testing.assert_allclose(got[g]["logp"], want["logp"], rtol=1e-5, atol=1e-6, err_msg=f"example {g}")
+    assert [ref["rollouts"][g]["reason"] for g in "01"] == ["truncated"] * 2
+    assert [sum(ref["rollouts"][g]["mask"]) for g in "0123"] == [0, 0, 8, 8]  # 2-3 generated a full turn
+    assert all(v < 0 for g in "23" for v in np.asarray(ref["rollouts"][g]["logp"])[-8:])
+
     hist = ref["history"]
     assert len(hist) == STEPS * UPDATES_PER_BATCH
     # Non-trivial run: group 3 is filtered (12 of 16 rows kept), the bad-format row scores -1, every update trains
@@ -245,6 +309,7 @@ if __name__ == "__main__":
     for name in ("--process-id", "--num-processes", "--port"):
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--db", required=True)
+    parser.add_argument("--tok", required=True)
     parser.add_argument("--out", required=True)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     _worker(parser.parse_args())
