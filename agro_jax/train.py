@@ -201,9 +201,12 @@ def _arrays(ro) -> dict:
 
 
 def _bucket(t: int, max_len: int, step: int = 128) -> int:
+    """Padded T of the update: powers of two up to `step`, then multiples of `step` (a handful of compiles; short
+    rollouts are not padded 10x)."""
     if jax.process_count() > 1:  # hosts roll out independently; one global array needs one T on every host
         return max(t, max_len)
-    return max(t, min(-(-t // step) * step, max_len))
+    b = 1 << max(t - 1, 0).bit_length() if t <= step else -(-t // step) * step
+    return max(t, min(b, max_len))
 
 
 def _pad_t(a: dict, t: int) -> dict:
