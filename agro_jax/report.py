@@ -133,7 +133,7 @@ def _ex_by_difficulty(report: dict) -> dict[str, tuple[float, int | None]]:
 
 def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
     """EX before vs after training (one bar series per eval report), overall and by difficulty."""
-    reports = []
+    reports, outcomes = [], {}
     for p in paths:
         try:
             data = json.loads(p.read_text())
@@ -142,6 +142,7 @@ def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
             continue
         if isinstance(data, dict) and _ex_by_difficulty(data):
             reports.append((_eval_label(p, data), _ex_by_difficulty(data)))
+            outcomes[reports[-1][0]] = data.get("reasons") if _numeric_dict(data.get("reasons")) else {}
     if not reports:
         return []
     reports.sort(key=lambda r: _eval_rank(r[0]))
@@ -162,7 +163,13 @@ def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
     _save(fig, out_dir / "eval_ex.png")
     table = [[d] + [_cell(ex.get(d)) for _, ex in reports] for d in diffs]
     md = ["## Evaluation (execution accuracy, %)", "", "![eval](eval_ex.png)", ""]
-    return md + _table(["difficulty", *[label for label, _ in reports]], table) + [""]
+    md += _table(["difficulty", *[label for label, _ in reports]], table) + [""]
+    kinds = sorted({k for label, _ in reports for k in outcomes.get(label, {})})
+    if kinds:  # why predictions failed (no answer, SQL error, wrong result): shows progress EX alone can hide
+        labels = [label for label, _ in reports]
+        rows = [[k] + [outcomes[la].get(k, 0) if outcomes.get(la) else "-" for la in labels] for k in kinds]
+        md += ["Outcomes (counts):", ""] + _table(["outcome", *[label for label, _ in reports]], rows) + [""]
+    return md
 
 
 def _cell(v) -> str:

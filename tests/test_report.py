@@ -100,6 +100,8 @@ def test_markdown_has_the_numbers(run_dir):
     assert "| all | 66.67 (n=3) | 40.00 (n=50) | 52.34 (n=50) |" in md
     assert "| simple | 100.00 (n=1) | 60.00 (n=20) | 70.00 (n=20) |" in md
     assert "| complex | 50.00 (n=2) | 20.00 | 35.00 |" in md
+    # Outcome counts from the real evaluator's report; reports without them show "-".
+    assert "| outcome | base | sft | grpo |" in md and "| mismatch | 1 | - | - |" in md
     # Factory scalars and histograms with shares.
     assert "| accepted | 431 |" in md
     assert "| moderate | 151 | 35.0% |" in md
