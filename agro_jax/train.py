@@ -32,9 +32,9 @@ def build_policy(config, vocab_size: int | None, init_from=None):
     mesh = make_mesh(config.mesh)
     init_from = pathlib.Path(init_from) if init_from else None
     if init_from is not None and (init_from / "config.json").is_file():
-        from agro_jax.model.hf_io import load_hf_checkpoint
-
-        model, model_cfg = load_hf_checkpoint(str(init_from), mesh=mesh, rules=config.mesh.rules)
+        # An HF dir (e.g. a previous stage's export): its architecture, but config.model's dtypes and remat, as
+        # build_model does for model.hf_path (float32 master params over a bf16 checkpoint).
+        model, model_cfg = build_model(dict(config.model.to_dict(), hf_path=str(init_from)), mesh, config.mesh.rules)
         return mesh, model, model_cfg
     model, model_cfg = build_model(config.model, mesh, config.mesh.rules, vocab_size=vocab_size, seed=int(config.seed))
     if init_from is not None:

@@ -115,6 +115,7 @@ def test_beta_zero_runs_no_reference_and_beta_positive_does(tmp_path):
 def test_export_hf_reloads_the_trained_policy(tmp_path):
     """checkpoint.export_hf: <workdir>/grpo/hf holds exactly the trained params (bit-exact through our importer) and
     transformers computes the same logits from it."""
+    import jax
     import torch
     from flax import nnx
     from transformers import AutoModelForCausalLM
@@ -138,6 +139,14 @@ def test_export_hf_reloads_the_trained_policy(tmp_path):
         tuple(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(init_model, nnx.Param))
     }
     assert any(not np.array_equal(init[k], exported[k]) for k in exported), "export holds the untrained init"
+    # --init_from <hf dir> starts the next stage from exactly these weights, with config.model's dtypes applied.
+    _, again, _ = train.build_policy(
+        toy_config("--config.model.param_dtype=bfloat16"), 64, init_from=tmp_path / "grpo/hf"
+    )
+    again = {tuple(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(again, nnx.Param))}
+    assert again.keys() == exported.keys() and all(v.dtype == jax.numpy.bfloat16 for v in again.values())
+    for k in exported:
+        np.testing.assert_array_equal(np.asarray(again[k], np.float32), exported[k].astype(jax.numpy.bfloat16))
 
     rng = np.random.default_rng(0)
     tokens, valid = rng.integers(0, cfg.vocab_size, (2, 12)).astype(np.int32), np.ones((2, 12), bool)
