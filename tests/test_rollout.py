@@ -84,6 +84,7 @@ class ScriptedPolicy:
         return self.eos
 
     def _host(self, cache_BxS, valid_BxS):
+        cache_BxS, valid_BxS = np.asarray(cache_BxS), np.asarray(valid_BxS)  # numpy: per-row jax ops would dispatch
         return np.asarray([self.next_token(c[v].tolist()) for c, v in zip(cache_BxS, valid_BxS)], np.int32)
 
     def __call__(self, params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index):
