@@ -4,7 +4,7 @@ One step = sample G completions for each prompt + reward + one optimizer update 
 sinks). Both sides load the same local HF checkpoint; completions are forced to the full length on both sides
 (TRL: min_new_tokens; agro-jax: no stop token) so they do the same amount of work.
 
-Run: python benchmarks/grpo_bench.py [--steps 6] [--prompts 8] [--group 4] [--completion 32]
+Run: python benchmarks/grpo_bench.py [--steps 10] [--prompts 8] [--group 4] [--completion 32] [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -187,17 +187,22 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--completion", type=int, default=32)
     ap.add_argument("--config", default="configs/tiny_cpu.py")
+    # Tiny models run thousands of small torch ops per step; on a busy machine each 2-thread parallel region can wait
+    # a scheduler quantum for a descheduled thread (TRL 4-16x slower), so 1 thread is the default, as in rollout_bench.
+    ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     a = ap.parse_args(argv)
     d = tempfile.mkdtemp(prefix="grpo_bench_")
     tok = make_tiny_qwen2(d)
     prompts = make_prompts(a.prompts)
     import torch
 
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
     rows = []
     load0 = os.getloadavg()[0]
     agro, split = bench_agro(d, tok, prompts, a.group, a.completion, a.steps, a.config)
@@ -215,6 +220,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {ts[0]:.2f} | {med:.3f} | {min(ts[1:]):.3f} | {a.prompts * a.group / med:.1f} |")
     sample_s, update_s = (statistics.median(x[i] for x in split[1:]) for i in (0, 1))
     print(f"\nagro-jax median split: sample {sample_s:.3f} s + reward/update {update_s:.3f} s")
+    print(f"agro-jax first step (compiles): sample {split[0][0]:.2f} s + reward/update {split[0][1]:.2f} s")
     print("agro-jax per step s:", " ".join(f"{t:.3f}" for t in agro))
     print("TRL per step s:", " ".join(f"{t:.3f}" for t in rows[1][1]))
     return 0
