@@ -51,21 +51,23 @@ def _final_params(workdir, step):
     return {_path_key(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(raw)}
 
 
-def _env():
+def _env(compile_cache=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if compile_cache:  # later runs reuse the first run's executables (same programs; saves ~2 compiles on 2 cores)
+        env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return env
 
 
 @pytest.mark.slow
 def test_kill9_and_resume_is_bit_exact(tmp_path):
-    steps = 30
-    ref = subprocess.run(_grpo_cmd(tmp_path / "ref", steps), cwd=REPO, env=_env(), capture_output=True, text=True)
+    steps, env = 30, _env(tmp_path / "jax_cache")
+    ref = subprocess.run(_grpo_cmd(tmp_path / "ref", steps), cwd=REPO, env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     work = tmp_path / "killed"
     proc = subprocess.Popen(
-        _grpo_cmd(work, steps), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _grpo_cmd(work, steps), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     ckpts = work / "grpo/checkpoints"
     deadline = time.time() + 240
@@ -80,7 +82,7 @@ def test_kill9_and_resume_is_bit_exact(tmp_path):
     metrics_lines = (work / "grpo/metrics.jsonl").read_text().splitlines()
     assert len(metrics_lines) < steps, "killed run must not have finished"
 
-    resumed = subprocess.run(_grpo_cmd(work, steps), cwd=REPO, env=_env(), capture_output=True, text=True)
+    resumed = subprocess.run(_grpo_cmd(work, steps), cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     a, b = _final_params(tmp_path / "ref", steps), _final_params(work, steps)
@@ -92,16 +94,27 @@ def test_kill9_and_resume_is_bit_exact(tmp_path):
     assert any(not np.array_equal(first[k], a[k]) for k in a)
 
 
-def test_beta_zero_runs_no_reference_and_beta_positive_does(tmp_path):
+@pytest.fixture(scope="module")
+def beta0_run(tmp_path_factory):
+    """A 2-step toy GRPO run, beta 0, with HF export: (workdir, config, final checkpoint, counters)."""
+    from agro_jax import train
+
+    workdir = tmp_path_factory.mktemp("b0")
+    config = toy_config("--config.grpo.steps=2", "--config.grpo.beta=0.0", "--config.checkpoint.export_hf=true")
+    final = train.run_grpo(config, str(workdir))
+    return workdir, config, final, dict(train.run_grpo.last_counters)
+
+
+def test_beta_zero_runs_no_reference_and_beta_positive_does(beta0_run, tmp_path):
     from agro_jax import train
     from agro_jax.metrics import read_metrics
 
-    final = train.run_grpo(toy_config("--config.grpo.steps=2", "--config.grpo.beta=0.0"), str(tmp_path / "b0"))
+    workdir, _, final, counters = beta0_run
     assert final is not None and final.name == "2"
-    assert train.run_grpo.last_counters == {"ref_forwards": 0, "ref_params_held": False}
-    rows = read_metrics(tmp_path / "b0/grpo/metrics.jsonl")
+    assert counters == {"ref_forwards": 0, "ref_params_held": False}
+    rows = read_metrics(workdir / "grpo/metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and "kl" not in rows[0]
-    assert list((tmp_path / "b0/grpo/tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
+    assert list((workdir / "grpo/tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
     train.run_grpo(toy_config("--config.grpo.steps=2", "--config.grpo.beta=0.1"), str(tmp_path / "b1"))
     assert train.run_grpo.last_counters == {"ref_forwards": 2, "ref_params_held": True}
@@ -112,7 +125,7 @@ def test_beta_zero_runs_no_reference_and_beta_positive_does(tmp_path):
         assert key in rows[1], key
 
 
-def test_export_hf_reloads_the_trained_policy(tmp_path):
+def test_export_hf_reloads_the_trained_policy(beta0_run):
     """checkpoint.export_hf: <workdir>/grpo/hf holds exactly the trained params (bit-exact through our importer) and
     transformers computes the same logits from it."""
     import jax
@@ -124,10 +137,9 @@ def test_export_hf_reloads_the_trained_policy(tmp_path):
     from agro_jax.model.hf_io import load_hf_checkpoint
     from agro_jax.model.qwen import make_causal_mask, positions_from_valid
 
-    config = toy_config("--config.grpo.steps=2", "--config.checkpoint.export_hf=true")
-    final = train.run_grpo(config, str(tmp_path))
-    trained = {k[1:]: v for k, v in _final_params(tmp_path, int(final.name)).items() if k[0] == "params"}
-    model, cfg = load_hf_checkpoint(tmp_path / "grpo/hf")
+    workdir, config, final, _ = beta0_run
+    trained = {k[1:]: v for k, v in _final_params(workdir, int(final.name)).items() if k[0] == "params"}
+    model, cfg = load_hf_checkpoint(workdir / "grpo/hf")
     exported = {
         tuple(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
@@ -141,7 +153,7 @@ def test_export_hf_reloads_the_trained_policy(tmp_path):
     assert any(not np.array_equal(init[k], exported[k]) for k in exported), "export holds the untrained init"
     # --init_from <hf dir> starts the next stage from exactly these weights, with config.model's dtypes applied.
     _, again, _ = train.build_policy(
-        toy_config("--config.model.param_dtype=bfloat16"), 64, init_from=tmp_path / "grpo/hf"
+        toy_config("--config.model.param_dtype=bfloat16"), 64, init_from=workdir / "grpo/hf"
     )
     again = {tuple(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(nnx.state(again, nnx.Param))}
     assert again.keys() == exported.keys() and all(v.dtype == jax.numpy.bfloat16 for v in again.values())
@@ -152,7 +164,7 @@ def test_export_hf_reloads_the_trained_policy(tmp_path):
     tokens, valid = rng.integers(0, cfg.vocab_size, (2, 12)).astype(np.int32), np.ones((2, 12), bool)
     valid[1, :4] = False  # left padding
     ours = np.asarray(model(tokens, positions_from_valid(valid), make_causal_mask(valid))[0])  # on one device
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "grpo/hf"), attn_implementation="eager").eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(workdir / "grpo/hf"), attn_implementation="eager").eval()
     with torch.no_grad():
         theirs = hf(
             input_ids=torch.tensor(tokens, dtype=torch.long),
