@@ -156,8 +156,9 @@ def test_sft_on_factory_examples_with_the_embedded_tokenizer(tmp_path):
     them -> run_sft(examples=...) (gold trajectories through the executor, k-center selection, agent masks) -> loss
     falls; the HF export carries the tokenizer.
 
-    Measured (2026-11-25, hidden 32, 16 selected, batch 8, 12 steps, lr 1e-2; seeds 0/1/2): loss 6.89 -> last-3 mean
-    5.36 / 5.42 / 5.43 (start = ln(vocab 990) = 6.90: a uniform policy). Threshold: a drop of at least 1.0 nat."""
+    Measured (2026-11-25, hidden 32, 16 selected, batch 8, 12 steps, lr 1e-2; seeds 0/1/2; think text = tables and
+    columns): loss 6.89 / 6.87 / 6.88 -> last-3 mean 5.27 / 5.22 / 5.06, i.e. a 1.6-1.8 nat drop from the uniform
+    start (ln(vocab 964) = 6.87). Threshold: a drop of at least 1.0 nat."""
     from agro_jax import agent, cli, sft, train
     from agro_jax.data import load_examples
     from agro_jax.metrics import read_metrics
