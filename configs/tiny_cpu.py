@@ -75,7 +75,7 @@ def get_config(arg=None):
             "max_prompt_len": 512,
             "max_new_tokens_per_turn": 96,
             "max_total_len": 1024,
-            "temperature": 1.0,
+            "temperature": 0.7,  # the paper's; at 1.0 the small cold-start policy samples mostly malformed turns
             "top_p": 1.0,
             "top_k": 0,
             "observation_max_rows": 5,
@@ -95,13 +95,17 @@ def get_config(arg=None):
             "clip_low": 0.2,
             "clip_high": 0.28,
             "advantage": "grpo",  # grpo | drgrpo
-            "aggregation": "token_mean",  # token_mean | seq_mean_token_mean | drgrpo_constant
+            # seq_mean_token_mean: long malformed (truncated) samples do not outweigh short well-formed ones
+            "aggregation": "seq_mean_token_mean",  # token_mean | seq_mean_token_mean | drgrpo_constant
             "updates_per_batch": 1,  # mu
             "filter_zero_variance": True,
-            "max_resample_rounds": 1,
+            "max_resample_rounds": 0,  # resampling doubles the rollout time; the 15-minute budget keeps it off
             "recompute_old_logp": False,  # True: old logprobs from a training-side forward, not the sampler
             "env": "sql",  # sql (agent + executor rollouts) | toy (learnable smoke task, no data needed)
-            "optim": optim_config(2e-4, 30, 0),
+            # Measured on the embedded default (30 steps after the cold start): lr 3e-4 took greedy held-out answers
+            # from 33/69 missing + 22 syntax errors to 6 missing + 0 syntax errors; 1e-4 changed nothing, 5e-4 at
+            # temperature 1.0 collapsed the policy.
+            "optim": optim_config(3e-4, 30, 0),
         }
     )
     c.checkpoint = ConfigDict({"every_steps": 10, "keep": 2, "async_save": True, "export_hf": True})
