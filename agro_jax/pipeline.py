@@ -37,6 +37,8 @@ class Pipeline:
         with config.unlocked():  # later stages read the factory's dataset unless the config names another one
             if not config.data.data_dir:
                 config.data.data_dir = str(self.workdir / "factory" / "tfds")
+            if config.model.get("hf_path") and not config.tokenizer.path:
+                config.tokenizer.path = config.model.hf_path  # a pretrained policy keeps its own tokenizer
 
     # ----------------------------------------------------------------------------------------------- bookkeeping
 
@@ -84,8 +86,14 @@ class Pipeline:
 
     def stage_tokenizer(self):
         if self.config.tokenizer.path:
+            from agro_jax.data import load_examples
+            from agro_jax.model.tokenizer import load_tokenizer
+
             self.log(f"[run] tokenizer: using {self.config.tokenizer.path}")
-            return [self.config.tokenizer.path], {}
+            self._tokenizer = load_tokenizer(str(self.config.tokenizer.path))
+            examples = load_examples(self.config.data.data_dir, self.config.data.train_split)
+            self._check_prompt_lengths(self._tokenizer, examples)
+            return [self.config.tokenizer.path], {"vocab_size": len(self._tokenizer)}
         from agro_jax import agent, sft
         from agro_jax.data import load_examples
         from agro_jax.model.tokenizer import train_tokenizer

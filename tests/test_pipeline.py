@@ -82,3 +82,16 @@ def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _run(tmp_path, "--stages", "factory,finetune")
     assert "unknown stage(s) ['finetune']" in capsys.readouterr().err
+
+
+def test_pretrained_hf_policy_keeps_its_tokenizer(run_dir: pathlib.Path, tmp_path):
+    """model.hf_path (here: the GRPO stage's own HF export) -> no BPE is trained; SFT starts from those weights."""
+    from agro_jax.model.hf_io import load_hf_checkpoint
+
+    hf = run_dir / "grpo/hf"
+    assert _run(tmp_path, f"--config.model.hf_path={hf}", "--stages", "factory,tokenizer,sft") == 0
+    state = json.loads((tmp_path / "stages.json").read_text())
+    assert state["tokenizer"]["outputs"] == [str(hf)] and not (tmp_path / "tokenizer").exists()
+    _, model_cfg = load_hf_checkpoint(str(hf))
+    assert state["tokenizer"]["vocab_size"] <= model_cfg.vocab_size
+    assert (tmp_path / "sft/checkpoints/2").is_dir() and (tmp_path / "sft/hf/tokenizer.json").is_file()
