@@ -149,22 +149,30 @@ def eval_main(config, args) -> int:
     p.add_argument("--split", default="dev")
     p.add_argument("--predictions", default=None, help="predictions file (lines or JSON)")
     p.add_argument("--gold-as-pred", action="store_true", help="sanity check: gold SQL as predictions (EX must be 1)")
+    p.add_argument("--policy", default=None, help="greedy agent from a checkpoints dir, step dir or HF dir")
     p.add_argument("--mode", default=None, help="bird|spider|tolerant (default: the --format's own)")
     p.add_argument("--out", default=None, help="report dir (default <workdir>/eval)")
     p.add_argument("--max-examples", type=int, default=0)
     a = p.parse_args(args.extra)
-    if bool(a.predictions) == a.gold_as_pred:
-        p.error("give exactly one of --predictions FILE or --gold-as-pred")
-    examples = (load_spider if a.format == "spider" else load_bird)(a.data, a.split, schema_text=False)
+    if sum([bool(a.predictions), a.gold_as_pred, bool(a.policy)]) != 1:
+        p.error("give exactly one of --predictions FILE, --gold-as-pred or --policy CHECKPOINT")
+    load = load_spider if a.format == "spider" else load_bird
+    examples = load(a.data, a.split, schema_text=bool(a.policy))  # the agent's prompt needs the schema text
     skipped = last_skipped()
     if a.max_examples:
         examples = examples[: a.max_examples]
-    preds = [e["sql"] for e in examples] if a.gold_as_pred else load_predictions(a.predictions, len(examples))
-    with Executor.from_config(config.executor) as executor:
-        report = evaluate_predictions(examples, preds, executor, a.mode or a.format)
+    if a.policy:
+        from agro_jax.pipeline import evaluate_checkpoint, policy_tokenizer
+
+        tokenizer = policy_tokenizer(config, a.policy)
+        report = evaluate_checkpoint(config, examples, a.policy, tokenizer, a.mode or a.format)
+    else:
+        preds = [e["sql"] for e in examples] if a.gold_as_pred else load_predictions(a.predictions, len(examples))
+        with Executor.from_config(config.executor) as executor:
+            report = evaluate_predictions(examples, preds, executor, a.mode or a.format)
     report["skipped_missing_db"] = skipped
     out = a.out or os.path.join(config.workdir, "eval")
-    name = f"{a.format}_{a.split}" + ("_gold" if a.gold_as_pred else "")
+    name = f"{a.format}_{a.split}" + ("_gold" if a.gold_as_pred else "_policy" if a.policy else "")
     jpath, mpath = write_report(report, out, name)
     print(report_markdown(report, name) + (f"\nskipped (missing DB): {skipped}\n" if skipped else ""))
     print(f"wrote {jpath} and {mpath}")

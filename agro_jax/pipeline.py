@@ -168,31 +168,54 @@ class Pipeline:
 
     def _evaluate(self, stage: str):
         """Greedy multi-turn agent on the held-out split, scored by execution (EX) with the configured compare mode."""
-        import jax
-
-        from agro_jax import evaluate, grpo
+        from agro_jax import evaluate
         from agro_jax.data import load_examples
-        from agro_jax.rollout import greedy_generate_fn
-        from agro_jax.sampler import Sampler
-        from agro_jax.sql.executor import Executor
-        from agro_jax.train import build_policy
 
         cfg = self.config
-        tok = self.tokenizer()
         examples = load_examples(cfg.data.data_dir, cfg.eval.split)
         if int(cfg.eval.max_examples) > 0:
             examples = examples[: int(cfg.eval.max_examples)]
-        vocab = int(cfg.model.vocab_size) or len(tok)
-        mesh, model, model_cfg = build_policy(cfg, vocab, init_from=self._checkpoint(stage))
-        graphdef, params, rest = grpo.split_model(model)
-        sampler = Sampler(graphdef, rest, model_cfg, tok, cfg.rollout)
-        with jax.set_mesh(mesh), Executor.from_config(cfg.executor) as ex:
-            generate = greedy_generate_fn(sampler, params, ex, cfg.rollout, seed=int(cfg.seed))
-            report = evaluate.evaluate_policy(examples, generate, ex, str(cfg.eval.mode), int(cfg.eval.batch_size))
+        report = evaluate_checkpoint(cfg, examples, self._checkpoint(stage), self.tokenizer(), str(cfg.eval.mode))
         report["name"] = stage
         jpath, mpath = evaluate.write_report(report, str(self.workdir / "eval"), stage)
         self.log(f"[run] EX after {stage}: {100 * report['ex']:.2f}% on {report['num_examples']} held-out examples")
         return [jpath, mpath], {"ex": report["ex"], "n": report["num_examples"]}
+
+
+def policy_tokenizer(config, checkpoint):
+    """The tokenizer that goes with `checkpoint`: its own (HF export), else config.tokenizer.path, else the run folder's
+    `tokenizer/` above it (<workdir>/<stage>/checkpoints/<step>)."""
+    from agro_jax.model.tokenizer import load_tokenizer
+
+    path = pathlib.Path(checkpoint).absolute()
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        return load_tokenizer(str(path))
+    if config.tokenizer.path:
+        return load_tokenizer(str(config.tokenizer.path))
+    for parent in list(path.parents)[:4]:
+        if (parent / "tokenizer" / "tokenizer.json").is_file():
+            return load_tokenizer(str(parent / "tokenizer"))
+    raise FileNotFoundError(f"no tokenizer for {checkpoint}: none in it, config.tokenizer.path is empty, none above it")
+
+
+def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> dict:
+    """EX of the greedy agent whose weights are `checkpoint` (a checkpoints dir, one step dir, or an HF dir) on
+    `examples` (dicts with question, schema_text, sql, db_path), through the executor pool."""
+    import jax
+
+    from agro_jax import evaluate, grpo
+    from agro_jax.rollout import greedy_generate_fn
+    from agro_jax.sampler import Sampler
+    from agro_jax.sql.executor import Executor
+    from agro_jax.train import build_policy
+
+    vocab = int(config.model.vocab_size) or len(tokenizer)
+    mesh, model, model_cfg = build_policy(config, vocab, init_from=checkpoint)
+    graphdef, params, rest = grpo.split_model(model)
+    sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
+    with jax.set_mesh(mesh), Executor.from_config(config.executor) as ex:
+        generate = greedy_generate_fn(sampler, params, ex, config.rollout, seed=int(config.seed))
+        return evaluate.evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size))
 
 
 def run_main(config, args) -> int:

@@ -95,3 +95,14 @@ def test_pretrained_hf_policy_keeps_its_tokenizer(run_dir: pathlib.Path, tmp_pat
     _, model_cfg = load_hf_checkpoint(str(hf))
     assert state["tokenizer"]["vocab_size"] <= model_cfg.vocab_size
     assert (tmp_path / "sft/checkpoints/2").is_dir() and (tmp_path / "sft/hf/tokenizer.json").is_file()
+
+
+def test_eval_cli_runs_a_trained_policy_on_spider(run_dir: pathlib.Path, spider_dir, tmp_path):
+    """`agro-sql eval --policy`: the run's GRPO checkpoint (tokenizer found in the run folder) answers Spider dev."""
+    ckpt = run_dir / "grpo/checkpoints/2"
+    args = ["eval", "--config", "configs/tiny_cpu.py", "--workdir", str(tmp_path), *SMALL]
+    args += ["--data", str(spider_dir), "--format", "spider", "--policy", str(ckpt), "--max-examples", "8"]
+    assert cli.main(args) == 0
+    report = json.loads((tmp_path / "eval/spider_dev_policy.json").read_text())
+    assert report["num_examples"] == 8 and sum(report["reasons"].values()) == 8
+    assert all(e["db_id"] for e in report["per_example"])
