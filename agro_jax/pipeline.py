@@ -26,6 +26,11 @@ import time
 STAGES = ("factory", "tokenizer", "sft", "eval_sft", "grpo", "eval_grpo", "report")
 
 
+def stage_error(stages) -> str | None:
+    unknown = [s for s in stages if s not in STAGES]
+    return f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}" if unknown else None
+
+
 class Pipeline:
     def __init__(self, config, workdir=None, log=print):
         self.config = config
@@ -53,9 +58,8 @@ class Pipeline:
         os.replace(tmp, self._state_path)  # atomic: a kill never leaves a half-written marker file
 
     def run(self, stages=STAGES, force: bool = False) -> dict:
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+        if stage_error(stages):
+            raise ValueError(stage_error(stages))
         self.workdir.mkdir(parents=True, exist_ok=True)
         t_all = time.perf_counter()
         for stage in STAGES:
@@ -85,29 +89,24 @@ class Pipeline:
         return [out / "summary.json", tfds_path], {"examples": len(records)}
 
     def stage_tokenizer(self):
-        if self.config.tokenizer.path:
-            from agro_jax.data import load_examples
-            from agro_jax.model.tokenizer import load_tokenizer
-
-            self.log(f"[run] tokenizer: using {self.config.tokenizer.path}")
-            self._tokenizer = load_tokenizer(str(self.config.tokenizer.path))
-            examples = load_examples(self.config.data.data_dir, self.config.data.train_split)
-            self._check_prompt_lengths(self._tokenizer, examples)
-            return [self.config.tokenizer.path], {"vocab_size": len(self._tokenizer)}
         from agro_jax import agent, sft
         from agro_jax.data import load_examples
         from agro_jax.model.tokenizer import train_tokenizer
 
         examples = load_examples(self.config.data.data_dir, self.config.data.train_split)
-        # Everything the policy reads or writes: prompt, schemas, questions, gold reasoning and SQL.
-        texts = [agent.SYSTEM_PROMPT]
-        for e in examples:
-            texts += [e["schema_text"], e["question"], e["sql"], sft.gold_reasoning(e)]
-        out = self.workdir / "tokenizer"
-        tok = train_tokenizer(texts, int(self.config.tokenizer.vocab_size), str(out), added_tokens=agent.AGENT_TAGS)
-        self._tokenizer = tok
+        if self.config.tokenizer.path:
+            self.log(f"[run] tokenizer: using {self.config.tokenizer.path}")
+            out, tok = self.config.tokenizer.path, self.tokenizer()
+        else:
+            # Everything the policy reads or writes: prompt, schemas, questions, gold reasoning and SQL.
+            texts = [agent.SYSTEM_PROMPT]
+            for e in examples:
+                texts += [e["schema_text"], e["question"], e["sql"], sft.gold_reasoning(e)]
+            out = self.workdir / "tokenizer" / "tokenizer.json"
+            tok = train_tokenizer(texts, int(self.config.tokenizer.vocab_size), str(out.parent), agent.AGENT_TAGS)
+            self._tokenizer = tok
         self._check_prompt_lengths(tok, examples)
-        return [out / "tokenizer.json"], {"vocab_size": len(tok)}
+        return [out], {"vocab_size": len(tok)}
 
     def _check_prompt_lengths(self, tok, examples) -> None:
         from agro_jax import agent
@@ -183,19 +182,16 @@ class Pipeline:
 
 
 def policy_tokenizer(config, checkpoint):
-    """The tokenizer that goes with `checkpoint`: its own (HF export), else config.tokenizer.path, else the run folder's
-    `tokenizer/` above it (<workdir>/<stage>/checkpoints/<step>)."""
+    """The tokenizer that goes with `checkpoint`: its own (HF export), else train.resolve_tokenizer's choice
+    (config.tokenizer.path, else the `tokenizer/` of the run folder above it: <workdir>/<stage>/checkpoints/<step>)."""
     from agro_jax.model.tokenizer import load_tokenizer
+    from agro_jax.train import resolve_tokenizer
 
     path = pathlib.Path(checkpoint).absolute()
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         return load_tokenizer(str(path))
-    if config.tokenizer.path:
-        return load_tokenizer(str(config.tokenizer.path))
-    for parent in list(path.parents)[:4]:
-        if (parent / "tokenizer" / "tokenizer.json").is_file():
-            return load_tokenizer(str(parent / "tokenizer"))
-    raise FileNotFoundError(f"no tokenizer for {checkpoint}: none in it, config.tokenizer.path is empty, none above it")
+    run_dirs = [p for p in list(path.parents)[:4] if (p / "tokenizer" / "tokenizer.json").is_file()]
+    return resolve_tokenizer(config, run_dirs[0] if run_dirs else config.workdir)
 
 
 def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> dict:
@@ -224,8 +220,7 @@ def run_main(config, args) -> int:
     p.add_argument("--force", action="store_true", help="rerun the named stages even if they finished before")
     a = p.parse_args(getattr(args, "extra", []) or [])
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        p.error(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    if stage_error(stages):
+        p.error(stage_error(stages))
     Pipeline(config, config.workdir).run(stages, force=a.force)
     return 0
