@@ -12,11 +12,14 @@ import sys
 # name -> ("module:function", help). The function takes (config, args) and returns an exit code or None.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("agro_jax.pipeline:run_main", "the whole pipeline: factory, tokenizer, SFT, eval, GRPO, eval, report"),
-    "sft": ("agro_jax.train:sft_main", "cold-start SFT stage on the factory data; resumes its own checkpoints"),
-    "grpo": ("agro_jax.train:grpo_main", "GRPO stage: rollouts, rewards, updates; resumes its own checkpoints"),
+    "sft": ("agro_jax.train.stages:sft_main", "cold-start SFT stage on the factory data; resumes its own checkpoints"),
+    "grpo": ("agro_jax.train.stages:grpo_main", "GRPO stage: rollouts, rewards, updates; resumes its own checkpoints"),
     "sweep": ("agro_jax.sweep:sweep_main", "run or print a hyper-parameter sweep of another subcommand"),
-    "eval": ("agro_jax.evaluate:eval_main", "EX evaluation of predictions (or --gold-as-pred) on Spider/BIRD data"),
-    "report": ("agro_jax.report:report_main", "write report.md + plots from a run folder's metrics"),
+    "eval": (
+        "agro_jax.eval.evaluate:eval_main",
+        "EX evaluation of predictions (or --gold-as-pred) on Spider/BIRD data",
+    ),
+    "report": ("agro_jax.eval.report:report_main", "write report.md + plots from a run folder's metrics"),
     "factory": ("data_factory.pipeline:factory_main", "build the verified synthetic TFDS dataset in <workdir>/factory"),
     "convert": ("agro_jax.model.hf_io:convert_main", "validate + re-export an HF Qwen checkpoint (--in/--out)"),
 }
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     args.extra = extra
     args.overrides = overrides  # the --config.* strings, for subcommands that spawn others (sweep)
-    from agro_jax.multihost import maybe_initialize_distributed
+    from agro_jax.scale.multihost import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # no-op unless AGRO_* env vars ask for multi-host (launch_tpu.sh sets them)
     return int(func(config, args) or 0)

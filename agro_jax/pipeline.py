@@ -5,9 +5,9 @@
 Run folder (<workdir>):
     factory/{databases/, examples.jsonl, summary.json, summary.md, tfds/}   verified synthetic data (TFDS ArrayRecord)
     tokenizer/                      byte-level BPE trained on the train split (skipped if config.tokenizer.path is set)
-    sft/, grpo/                     checkpoints/, metrics.jsonl, tb/, hf/ (see agro_jax/train.py)
+    sft/, grpo/                     checkpoints/, metrics.jsonl, tb/, hf/ (see agro_jax/train/stages.py)
     eval/{sft,grpo}.{json,md}       EX on the held-out split with the greedy agent (EX before vs after GRPO)
-    report/report.md + PNGs         agro_jax/report.py
+    report/report.md + PNGs         agro_jax/eval/report.py
     stages.json                     finished stages with their outputs and wall times
 
 A stage is skipped when its marker is in stages.json and its outputs still exist; training stages killed midway
@@ -89,9 +89,10 @@ class Pipeline:
         return [out / "summary.json", tfds_path], {"examples": len(records)}
 
     def stage_tokenizer(self):
-        from agro_jax import agent, sft
-        from agro_jax.data import load_examples
+        from agro_jax.data.loader import load_examples
         from agro_jax.model.tokenizer import train_tokenizer
+        from agro_jax.rollout import agent
+        from agro_jax.train import sft
 
         examples = load_examples(self.config.data.data_dir, self.config.data.train_split)
         if self.config.tokenizer.path:
@@ -109,7 +110,7 @@ class Pipeline:
         return [out], {"vocab_size": len(tok)}
 
     def _check_prompt_lengths(self, tok, examples) -> None:
-        from agro_jax import agent
+        from agro_jax.rollout import agent
 
         lens = sorted(len(agent.prompt_ids(tok, e["schema_text"], e["question"], e["evidence"])) for e in examples)
         limit = int(self.config.rollout.max_prompt_len)
@@ -120,19 +121,19 @@ class Pipeline:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from agro_jax.train import resolve_tokenizer
+            from agro_jax.train.stages import resolve_tokenizer
 
             self._tokenizer = resolve_tokenizer(self.config, self.workdir)
         return self._tokenizer
 
     def stage_sft(self):
-        from agro_jax.train import run_sft
+        from agro_jax.train.stages import run_sft
 
         final = run_sft(self.config, self.workdir, tokenizer=self.tokenizer())
         return [final], {"checkpoint": str(final)}
 
     def stage_grpo(self):
-        from agro_jax.train import run_grpo
+        from agro_jax.train.stages import run_grpo
 
         init = self._checkpoint("sft")
         final = run_grpo(self.config, self.workdir, init_from=init, tokenizer=self.tokenizer())
@@ -145,7 +146,7 @@ class Pipeline:
         return self._evaluate("grpo")
 
     def stage_report(self):
-        from agro_jax.report import write_report
+        from agro_jax.eval.report import write_report
 
         path = write_report(self.workdir)
         return [path], {}
@@ -156,7 +157,7 @@ class Pipeline:
         rec = self.state.get(stage, {})
         if rec.get("checkpoint") and pathlib.Path(rec["checkpoint"]).exists():
             return pathlib.Path(rec["checkpoint"])
-        from agro_jax.checkpoint import Checkpointer
+        from agro_jax.train.checkpoint import Checkpointer
 
         ckpt = Checkpointer(self.workdir / stage / "checkpoints", async_save=False)
         step = ckpt.latest_step()
@@ -167,51 +168,20 @@ class Pipeline:
 
     def _evaluate(self, stage: str):
         """Greedy multi-turn agent on the held-out split, scored by execution (EX) with the configured compare mode."""
-        from agro_jax import evaluate
-        from agro_jax.data import load_examples
+        from agro_jax.data.loader import load_examples
+        from agro_jax.eval import evaluate
 
         cfg = self.config
         examples = load_examples(cfg.data.data_dir, cfg.eval.split)
         if int(cfg.eval.max_examples) > 0:
             examples = examples[: int(cfg.eval.max_examples)]
-        report = evaluate_checkpoint(cfg, examples, self._checkpoint(stage), self.tokenizer(), str(cfg.eval.mode))
+        report = evaluate.evaluate_checkpoint(
+            cfg, examples, self._checkpoint(stage), self.tokenizer(), str(cfg.eval.mode)
+        )
         report["name"] = stage
         jpath, mpath = evaluate.write_report(report, str(self.workdir / "eval"), stage)
         self.log(f"[run] EX after {stage}: {100 * report['ex']:.2f}% on {report['num_examples']} held-out examples")
         return [jpath, mpath], {"ex": report["ex"], "n": report["num_examples"]}
-
-
-def policy_tokenizer(config, checkpoint):
-    """The tokenizer that goes with `checkpoint`: its own (HF export), else train.resolve_tokenizer's choice
-    (config.tokenizer.path, else the `tokenizer/` of the run folder above it: <workdir>/<stage>/checkpoints/<step>)."""
-    from agro_jax.model.tokenizer import load_tokenizer
-    from agro_jax.train import resolve_tokenizer
-
-    path = pathlib.Path(checkpoint).absolute()
-    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-        return load_tokenizer(str(path))
-    run_dirs = [p for p in list(path.parents)[:4] if (p / "tokenizer" / "tokenizer.json").is_file()]
-    return resolve_tokenizer(config, run_dirs[0] if run_dirs else config.workdir)
-
-
-def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> dict:
-    """EX of the greedy agent whose weights are `checkpoint` (a checkpoints dir, one step dir, or an HF dir) on
-    `examples` (dicts with question, schema_text, sql, db_path), through the executor pool."""
-    import jax
-
-    from agro_jax import evaluate, grpo
-    from agro_jax.rollout import greedy_generate_fn
-    from agro_jax.sampler import Sampler
-    from agro_jax.sql.executor import Executor
-    from agro_jax.train import build_policy
-
-    vocab = int(config.model.vocab_size) or len(tokenizer)
-    mesh, model, model_cfg = build_policy(config, vocab, init_from=checkpoint)
-    graphdef, params, rest = grpo.split_model(model)
-    sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
-    with jax.set_mesh(mesh), Executor.from_config(config.executor) as ex:
-        generate = greedy_generate_fn(sampler, params, ex, config.rollout, seed=int(config.seed))
-        return evaluate.evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size))
 
 
 def run_main(config, args) -> int:

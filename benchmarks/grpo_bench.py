@@ -122,10 +122,11 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
     import jax
     import numpy as np
 
-    from agro_jax import grpo, optim
     from agro_jax.config import load_config
     from agro_jax.model.hf_io import load_hf_checkpoint
-    from agro_jax.sharding import make_mesh, shard_batch
+    from agro_jax.rl import grpo
+    from agro_jax.scale.sharding import make_mesh, shard_batch
+    from agro_jax.train import optim
 
     config = load_config(config_spec, ["--config.grpo.optim.learning_rate=1e-4", "--config.grpo.beta=0.0"])
     mesh = make_mesh(config.mesh)
@@ -141,7 +142,7 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
     prompt, pvalid = np.repeat(prompt, group, 0), np.repeat(pvalid, group, 0)
     n, t = prompt.shape[0], p_len + completion
 
-    from agro_jax.sampler import Sampler
+    from agro_jax.rollout.sampler import Sampler
 
     # tokenizer=None: raw ids, no stop tokens, so every completion has exactly `completion` tokens (like TRL's
     # min_new_tokens); the jitted KV-cache sampler is the one the trainer's rollouts use.

@@ -63,7 +63,7 @@ def _timed(fn, repeats: int) -> tuple[float, float, object]:
 
 def bench(size: str, batch: int, prompt_len: int, new: int, repeats: int, threads: int) -> dict:
     from agro_jax.model.hf_io import load_hf_checkpoint
-    from agro_jax.sampler import Sampler
+    from agro_jax.rollout.sampler import Sampler
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as d:

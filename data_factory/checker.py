@@ -157,7 +157,7 @@ class ModelChecker:
         self.generate_fn, self.schema_compact = generate_fn, schema_compact
 
     def to_sql(self, questions: list[str], contexts: list) -> list[str | None]:
-        from agro_jax.agent import clean_sql, parse_action
+        from agro_jax.rollout.agent import clean_sql, parse_action
         from agro_jax.sql.schema import render_schema
 
         prompts = [

@@ -10,7 +10,7 @@ same patterns backwards.
     questions = gen.generate(candidates, contexts, attempt=0)   # contexts: {db_id: DbContext}
 
 `ModelQuestionGenerator(generate_fn)` asks the project's own policy (any `generate_fn(prompts) -> texts`, e.g. a
-closure over agro_jax.rollout's sampler) to write the question; empty answers fall back to the rule realizer.
+closure over agro_jax.rollout.loop's sampler) to write the question; empty answers fall back to the rule realizer.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     path = import_benchmark("spider", "/data/spider", data_dir, splits=("dev",))   # Spider/BIRD -> same format
 
 Layout: <data_dir>/agro_sql/1.0.0/{agro_sql-<split>.array_record-0000i-of-0000n, dataset_info.json, features.json}.
-Read it with agro_jax.data.load_examples / make_prompt_iterator (tfds.builder_from_directory + as_data_source: no
+Read it with agro_jax.data.loader.load_examples / make_prompt_iterator (tfds.builder_from_directory + as_data_source: no
 TensorFlow, no import of this module). Benchmark splits map dev -> "test" (and the record's `split` field with it).
 """
 

@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from agro_jax.model.qwen import Qwen, QwenConfig
-from agro_jax.sharding import state_shardings
+from agro_jax.scale.sharding import state_shardings
 
 
 def init_sharded(cfg: QwenConfig, mesh, rules, seed: int = 0) -> Qwen:

@@ -149,7 +149,7 @@ def load_hf_checkpoint(
 ) -> tuple[Qwen, QwenConfig]:
     """(model, cfg) from a local HF Qwen2/Qwen3 dir; params placed per `rules` on `mesh` (default: device 0).
     dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat: see QwenConfig."""
-    from agro_jax.sharding import state_shardings
+    from agro_jax.scale.sharding import state_shardings
 
     path = pathlib.Path(path)
     cfg = read_config(path)

@@ -1,7 +1,7 @@
 """Qwen2/Qwen2.5/Qwen3 decoder in Flax NNX: GQA + RoPE (HF rotate_half) + RMSNorm + SwiGLU, optional KV cache.
 
 Weights keep heads as their own axis (q: [embed, heads, head_dim]) so tensor parallelism shards whole heads. Every
-Param carries `logical_axes` metadata (names from configs/common.py DEFAULT_RULES); agro_jax/sharding.py maps them
+Param carries `logical_axes` metadata (names from configs/common.py DEFAULT_RULES); agro_jax/scale/sharding.py maps them
 to the (data, fsdp, tensor) mesh. Attention softmax and final logits are float32 whatever the compute dtype.
 """
 

@@ -1,0 +1,199 @@
+"""Execution-accuracy (EX) evaluation on Spider/BIRD-format data, and the `agro-sql eval` subcommand.
+
+    report = evaluate_predictions(examples, predicted_sqls, executor, mode="spider")
+    write_report(report, out_dir)   # eval_<name>.json + eval_<name>.md
+
+`agro-sql eval --data DIR --format spider|bird (--predictions FILE | --gold-as-pred) [--out DIR] [--mode M]`
+Predictions: one SQL per line (line i = example i), or JSON: a list of SQL strings or a {"<index>": sql} dict
+(BIRD's predict_dev.json format "SQL\\t----- bird -----\\tdb_id" is accepted). Empty/"null" -> no answer.
+`evaluate_policy` is the hook for model rollouts: pass any `generate_fn(batch_of_examples) -> list[sql | None]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import time
+
+from tqdm import tqdm
+
+from agro_jax.rl.rewards import compute_rewards
+
+_BIRD_SEP = "\t----- bird -----\t"
+
+
+def evaluate_predictions(examples, predicted_sqls, executor, mode: str = "bird", batch_size: int = 256) -> dict:
+    """EX of predicted_sqls (None = no answer) against each example's gold `sql`, with difficulty breakdown."""
+    if len(examples) != len(predicted_sqls):
+        raise ValueError(f"evaluate_predictions: {len(examples)} examples but {len(predicted_sqls)} predictions")
+    cfg = dict(correct=1.0, wrong=0.0, bad_format=0.0, compare_mode=mode)
+    t0 = time.perf_counter()
+    per_example = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"eval EX ({mode})", unit="batch"):
+        exs = examples[start : start + batch_size]
+        preds = predicted_sqls[start : start + batch_size]
+        _, infos = compute_rewards(
+            preds, [e["sql"] for e in exs], [e["db_path"] for e in exs], executor, cfg, check_syntax=False
+        )
+        for j, (ex, pred, info) in enumerate(zip(exs, preds, infos)):
+            per_example.append(
+                dict(
+                    index=start + j,
+                    db_id=ex.get("db_id", ""),
+                    difficulty=ex.get("difficulty", "") or "unknown",
+                    question=ex.get("question", ""),
+                    gold=ex["sql"],
+                    pred=pred,
+                    matched=bool(info["matched"]),
+                    reason=info["reason"],
+                    error_kind=info.get("error_kind"),
+                    error_message=(info.get("error_message") or "")[:300],
+                )
+            )
+    by_diff = collections.defaultdict(lambda: [0, 0])
+    for r in per_example:
+        by_diff[r["difficulty"]][0] += 1
+        by_diff[r["difficulty"]][1] += r["matched"]
+    n = len(per_example)
+    correct = sum(r["matched"] for r in per_example)
+    return dict(
+        mode=mode,
+        num_examples=n,
+        num_correct=correct,
+        ex=correct / n if n else 0.0,
+        by_difficulty={d: dict(n=a, correct=c, ex=c / a) for d, (a, c) in sorted(by_diff.items())},
+        reasons=dict(collections.Counter(r["reason"] for r in per_example)),
+        error_kinds=dict(collections.Counter(r["error_kind"] for r in per_example if r["error_kind"])),
+        elapsed_s=time.perf_counter() - t0,
+        per_example=per_example,
+    )
+
+
+def evaluate_policy(examples, generate_fn, executor, mode: str = "bird", batch_size: int = 16) -> dict:
+    """Hook for greedy policy rollouts: generate_fn(list[example]) -> list[final sql | None], then EX."""
+    preds = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="generate", unit="batch"):
+        batch = examples[start : start + batch_size]
+        out = list(generate_fn(batch))
+        if len(out) != len(batch):
+            raise ValueError(f"generate_fn returned {len(out)} SQLs for a batch of {len(batch)} examples")
+        preds += out
+    return evaluate_predictions(examples, preds, executor, mode)
+
+
+def report_markdown(report: dict, title: str = "EX evaluation") -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"mode: `{report['mode']}`, examples: {report['num_examples']}, "
+        f"**EX {100 * report['ex']:.2f}%** ({report['num_correct']}/{report['num_examples']})",
+        "",
+        "| difficulty | n | correct | EX % |",
+        "|---|---:|---:|---:|",
+    ]
+    for d, s in report["by_difficulty"].items():
+        lines.append(f"| {d} | {s['n']} | {s['correct']} | {100 * s['ex']:.2f} |")
+    lines += ["", "| outcome | count |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(report["reasons"].items())]
+    if report["error_kinds"]:
+        lines += ["", "| prediction error kind | count |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(report["error_kinds"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: str, name: str = "eval") -> tuple[str, str]:
+    """Writes <out_dir>/<name>.json (summary + per-example) and <name>.md; returns both paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    jpath, mpath = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md")
+    with open(jpath, "w") as f:
+        json.dump(report, f, indent=1, ensure_ascii=False)
+    with open(mpath, "w") as f:
+        f.write(report_markdown(report, f"EX evaluation: {name}"))
+    return jpath, mpath
+
+
+def load_predictions(path: str, num_examples: int) -> list[str | None]:
+    """One SQL per line, or JSON list / {"index": sql} dict (BIRD predict_*.json)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = text.splitlines()
+    if isinstance(data, dict):
+        try:
+            items = {int(k): v for k, v in data.items()}
+        except ValueError as e:
+            raise ValueError(f"{path}: JSON prediction keys must be example indices: {e}") from None
+        data = [items.get(i) for i in range(num_examples)]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: predictions must be lines, a JSON list or a JSON dict, got {type(data).__name__}")
+    if len(data) != num_examples:
+        raise ValueError(f"{path}: {len(data)} predictions for {num_examples} examples")
+    out = []
+    for v in data:
+        v = None if v is None else str(v).split(_BIRD_SEP)[0].strip()
+        out.append(v if v and v.lower() != "null" else None)
+    return out
+
+
+def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> dict:
+    """EX of the greedy agent whose weights are `checkpoint` (a checkpoints dir, one step dir, or an HF dir) on
+    `examples` (dicts with question, schema_text, sql, db_path), through the executor pool."""
+    import jax
+
+    from agro_jax.rl.grpo import split_model
+    from agro_jax.rollout.loop import greedy_generate_fn
+    from agro_jax.rollout.sampler import Sampler
+    from agro_jax.sql.executor import Executor
+    from agro_jax.train.stages import build_policy
+
+    vocab = int(config.model.vocab_size) or len(tokenizer)
+    mesh, model, model_cfg = build_policy(config, vocab, init_from=checkpoint)
+    graphdef, params, rest = split_model(model)
+    sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
+    with jax.set_mesh(mesh), Executor.from_config(config.executor) as ex:
+        generate = greedy_generate_fn(sampler, params, ex, config.rollout, seed=int(config.seed))
+        return evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size))
+
+
+def eval_main(config, args) -> int:
+    from agro_jax.sql.benchmark_data import last_skipped, load_bird, load_spider
+    from agro_jax.sql.executor import Executor
+
+    p = argparse.ArgumentParser(prog="agro-sql eval")
+    p.add_argument("--data", required=True, help="benchmark dir (Spider: dev.json + database/; BIRD: dev.json + ...)")
+    p.add_argument("--format", choices=("spider", "bird"), required=True)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--predictions", default=None, help="predictions file (lines or JSON)")
+    p.add_argument("--gold-as-pred", action="store_true", help="sanity check: gold SQL as predictions (EX must be 1)")
+    p.add_argument("--policy", default=None, help="greedy agent from a checkpoints dir, step dir or HF dir")
+    p.add_argument("--mode", default=None, help="bird|spider|tolerant (default: the --format's own)")
+    p.add_argument("--out", default=None, help="report dir (default <workdir>/eval)")
+    p.add_argument("--max-examples", type=int, default=0)
+    a = p.parse_args(args.extra)
+    if sum([bool(a.predictions), a.gold_as_pred, bool(a.policy)]) != 1:
+        p.error("give exactly one of --predictions FILE, --gold-as-pred or --policy CHECKPOINT")
+    load = load_spider if a.format == "spider" else load_bird
+    examples = load(a.data, a.split, schema_text=bool(a.policy))  # the agent's prompt needs the schema text
+    skipped = last_skipped()
+    if a.max_examples:
+        examples = examples[: a.max_examples]
+    if a.policy:
+        from agro_jax.train.stages import policy_tokenizer
+
+        tokenizer = policy_tokenizer(config, a.policy)
+        report = evaluate_checkpoint(config, examples, a.policy, tokenizer, a.mode or a.format)
+    else:
+        preds = [e["sql"] for e in examples] if a.gold_as_pred else load_predictions(a.predictions, len(examples))
+        with Executor.from_config(config.executor) as executor:
+            report = evaluate_predictions(examples, preds, executor, a.mode or a.format)
+    report["skipped_missing_db"] = skipped
+    out = a.out or os.path.join(config.workdir, "eval")
+    name = f"{a.format}_{a.split}" + ("_gold" if a.gold_as_pred else "_policy" if a.policy else "")
+    jpath, mpath = write_report(report, out, name)
+    print(report_markdown(report, name) + (f"\nskipped (missing DB): {skipped}\n" if skipped else ""))
+    print(f"wrote {jpath} and {mpath}")
+    return 0

@@ -1,0 +1,265 @@
+"""Run report: `agro-sql report [--out DIR]` turns a run folder into report.md + PNG plots (matplotlib Agg).
+
+Reads whatever the run has (every input is optional, every metric key is optional):
+  <workdir>/sft/metrics.jsonl, <workdir>/grpo/metrics.jsonl   one line per step (agro_jax.train.metrics.MetricsWriter)
+  <workdir>/eval/*.json                                         eval reports: {"ex": .., "n": .., "by_difficulty": ..}
+  <workdir>/factory/summary.json (or any */*stats*.json)         data factory summary: counts, histograms, rejections
+and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, factory.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# (panel title, metric keys drawn in it) for the GRPO figure; keys absent from the run are skipped.
+GRPO_PANELS = (
+    ("reward / EX", ("reward_mean", "ex", "format_rate")),
+    ("KL to reference", ("kl",)),
+    ("policy loss", ("loss",)),
+    ("completion length (tokens)", ("completion_len",)),
+)
+SFT_PANELS = (("SFT loss", ("loss",)), ("token accuracy", ("accuracy", "token_acc")))
+SUMMARY_KEYS = ("reward_mean", "ex", "format_rate", "kl", "loss", "accuracy", "completion_len", "turns", "clip_frac")
+EVAL_ORDER = ("base", "pretrained", "before", "sft", "cold_start", "grpo", "after", "final")
+DIFFICULTY_ORDER = ("all", "simple", "easy", "moderate", "medium", "complex", "hard", "highly_complex", "extra")
+
+
+def read_jsonl(path) -> list[dict]:
+    """jsonl rows as dicts; a truncated last line (a run killed mid-write) is skipped with a warning."""
+    rows = []
+    for i, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{i}: skipping a line that is not JSON: {line[:80]!r}", stacklevel=2)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of `key` where it is a finite number; rows without `step` use their index."""
+    xs, ys = [], []
+    for i, r in enumerate(rows):
+        v = r.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(float(r.get("step", i)))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+
+
+def _save(fig, path: pathlib.Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------- sections
+
+
+def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path) -> list[str]:
+    """Curves of a training stage (one panel per metric group) + a first/last/best table."""
+    panels = [(t, [k for k in keys if _series(rows, k)[0]]) for t, keys in panels]
+    panels = [(t, keys) for t, keys in panels if keys]
+    md = [f"## {stage.upper()}", ""]
+    if not panels:
+        return md + [f"{len(rows)} rows in {stage}/metrics.jsonl, none with a known metric.", ""]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for k in keys:
+            xs, ys = _series(rows, k)
+            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel(f"{stage} step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, out_dir / f"{stage}.png")
+    keys = [k for k in SUMMARY_KEYS if _series(rows, k)[0]]
+    table = []
+    for k in keys:
+        _, ys = _series(rows, k)
+        table.append([k, ys[0], ys[-1], min(ys), max(ys)])
+    steps = _series(rows, "step")[1] or [float(len(rows) - 1)]
+    md += [f"{len(rows)} logged steps (last step {int(max(steps))}).", "", f"![{stage}]({stage}.png)", ""]
+    return md + _table(["metric", "first", "last", "min", "max"], table) + [""]
+
+
+def _eval_label(path: pathlib.Path, report: dict) -> str:
+    return str(report.get("name") or report.get("label") or report.get("stage") or path.stem)
+
+
+def _eval_rank(label: str) -> int:
+    low = label.lower()
+    return next((i for i, k in enumerate(EVAL_ORDER) if k in low), len(EVAL_ORDER))
+
+
+def _ex_by_difficulty(report: dict) -> dict[str, tuple[float, int | None]]:
+    """{"all": (ex, n), difficulty: (ex, n), ...}; accepts {d: ex} or {d: {"ex": .., "n": ..}}."""
+    out = {}
+    if isinstance(report.get("ex"), int | float):
+        out["all"] = (float(report["ex"]), report.get("n") or report.get("num_examples"))
+    for d, v in (report.get("by_difficulty") or {}).items():
+        if isinstance(v, dict) and isinstance(v.get("ex"), int | float):
+            out[str(d)] = (float(v["ex"]), v.get("n"))
+        elif isinstance(v, int | float):
+            out[str(d)] = (float(v), None)
+    return out
+
+
+def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
+    """EX before vs after training (one bar series per eval report), overall and by difficulty."""
+    reports, outcomes = [], {}
+    for p in paths:
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, OSError) as e:
+            warnings.warn(f"skipping eval report {p}: {e}", stacklevel=2)
+            continue
+        if isinstance(data, dict) and _ex_by_difficulty(data):
+            reports.append((_eval_label(p, data), _ex_by_difficulty(data)))
+            outcomes[reports[-1][0]] = data.get("reasons") if _numeric_dict(data.get("reasons")) else {}
+    if not reports:
+        return []
+    reports.sort(key=lambda r: _eval_rank(r[0]))
+    rank = {d: i for i, d in enumerate(DIFFICULTY_ORDER)}
+    diffs = sorted({d for _, ex in reports for d in ex}, key=lambda d: (rank.get(d, len(rank)), d))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(diffs) + 2), 3.6))
+    width = 0.8 / len(reports)
+    for j, (label, ex) in enumerate(reports):
+        xs = [i + (j - (len(reports) - 1) / 2) * width for i, d in enumerate(diffs) if d in ex]
+        ys = [100 * ex[d][0] for d in diffs if d in ex]
+        bars = ax.bar(xs, ys, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(diffs)), diffs)
+    ax.set_ylabel("execution accuracy (%)")
+    ax.set_ylim(0, 118)  # headroom for the legend above 100% bars
+    ax.set_title("EX by difficulty")
+    ax.legend(fontsize=8, ncol=len(reports), loc="upper center")
+    _save(fig, out_dir / "eval_ex.png")
+    table = [[d] + [_cell(ex.get(d)) for _, ex in reports] for d in diffs]
+    md = ["## Evaluation (execution accuracy, %)", "", "![eval](eval_ex.png)", ""]
+    md += _table(["difficulty", *[label for label, _ in reports]], table) + [""]
+    kinds = sorted({k for label, _ in reports for k in outcomes.get(label, {})})
+    if kinds:  # why predictions failed (no answer, SQL error, wrong result): shows progress EX alone can hide
+        labels = [label for label, _ in reports]
+        rows = [[k] + [outcomes[la].get(k, 0) if outcomes.get(la) else "-" for la in labels] for k in kinds]
+        md += ["Outcomes (counts):", ""] + _table(["outcome", *[label for label, _ in reports]], rows) + [""]
+    return md
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    ex, n = v
+    return f"{100 * ex:.2f}" + (f" (n={n})" if n else "")
+
+
+def _numeric_dict(v) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(x, int | float) for x in v.values())
+
+
+def factory_section(path: pathlib.Path, out_dir: pathlib.Path) -> list[str]:
+    """Scalar counts as a table; histograms (difficulty/complexity) and rejection reasons as bar charts."""
+    try:
+        stats = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        warnings.warn(f"skipping factory stats {path}: {e}", stacklevel=2)
+        return []
+    if not isinstance(stats, dict):
+        return []
+    scalars = [[k, v] for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    hist_keys = [k for k, v in stats.items() if _numeric_dict(v) and ("difficult" in k or "complex" in k)]
+    reject_keys = [k for k, v in stats.items() if _numeric_dict(v) and "reject" in k]
+    panels = [(k, stats[k]) for k in hist_keys[:1] + reject_keys[:1]]
+    md = ["## Data factory", "", f"From `{path.name}`.", ""]
+    if scalars:
+        md += _table(["stat", "value"], scalars) + [""]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+        for ax, (title, counts) in zip(axes[0], panels):
+            names = list(counts)
+            if "reject" in title:  # most frequent reason first, horizontal so long reasons stay readable
+                names.sort(key=lambda n: -counts[n])
+                bars = ax.barh(names[::-1], [counts[n] for n in names[::-1]], color="tab:red")
+            else:
+                bars = ax.bar(names, [counts[n] for n in names], color="tab:blue")
+                ax.tick_params(axis="x", labelrotation=20)
+            ax.bar_label(bars, fontsize=7)
+            ax.set_title(title.replace("_", " "))
+        _save(fig, out_dir / "factory.png")
+        md += ["![factory](factory.png)", ""]
+        for title, counts in panels:
+            total = sum(counts.values()) or 1
+            rows = [[k, v, f"{100 * v / total:.1f}%"] for k, v in counts.items()]
+            md += [f"**{title}**", ""] + _table(["", "count", "share"], rows) + [""]
+    return md
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def _find_factory_stats(workdir: pathlib.Path) -> pathlib.Path | None:
+    for p in (workdir / "factory/summary.json", workdir / "factory/stats.json", workdir / "factory_stats.json"):
+        if p.is_file():
+            return p
+    found = sorted(workdir.glob("*/*stats*.json"))
+    return found[0] if found else None
+
+
+def write_report(workdir, out_dir=None) -> pathlib.Path:
+    """Writes report.md (+ PNGs) for the run in `workdir`; returns the markdown path. Missing inputs are noted."""
+    workdir = pathlib.Path(workdir)
+    out_dir = pathlib.Path(out_dir) if out_dir else workdir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = ["# AGRO-SQL run report", "", f"Run folder: `{workdir}`", ""]
+    missing = []
+    factory = _find_factory_stats(workdir)
+    md += factory_section(factory, out_dir) if factory else []
+    missing += [] if factory else ["data factory stats"]
+    for stage, panels in (("sft", SFT_PANELS), ("grpo", GRPO_PANELS)):
+        path = workdir / stage / "metrics.jsonl"
+        md += training_section(read_jsonl(path), stage, panels, out_dir) if path.is_file() else []
+        missing += [] if path.is_file() else [f"{stage}/metrics.jsonl"]
+    evals = sorted((workdir / "eval").glob("*.json")) if (workdir / "eval").is_dir() else []
+    eval_md = eval_section(evals, out_dir)
+    md += eval_md
+    missing += [] if eval_md else ["eval/*.json"]
+    if missing:
+        md += ["## Not in this run", "", *[f"- {m}" for m in missing], ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(md))
+    return report
+
+
+def report_main(config, args) -> int:
+    p = argparse.ArgumentParser(prog="agro-sql report")
+    p.add_argument("--out", default=None, help="output folder (default: <workdir>/report)")
+    a = p.parse_args(getattr(args, "extra", []) or [])
+    path = write_report(config.workdir, a.out)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,91 @@
+"""One GRPO rollout batch as the update needs it: dynamic sampling (zero-variance groups replaced from extra
+rounds), T padded to a bucket (a handful of compiles, not one per step), and the rollout metrics logged per step."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from agro_jax.rl import grpo
+
+
+def _arrays(ro) -> dict:
+    names = ("tokens_BxT", "valid_BxT", "loss_mask_BxT", "old_logp_BxT", "group_ids_B", "rewards_B", "num_turns_B")
+    out = {k: np.asarray(getattr(ro, k)) for k in names if getattr(ro, k, None) is not None}
+    if "valid_BxT" not in out:
+        raise ValueError("rollout has no valid_BxT (attention validity mask); the update needs it")
+    return out
+
+
+def bucket_len(t: int, max_len: int, step: int = 128) -> int:
+    """Padded T of the update: powers of two up to `step`, then multiples of `step` (a handful of compiles; short
+    rollouts are not padded 10x)."""
+    if jax.process_count() > 1:  # hosts roll out independently; one global array needs one T on every host
+        return max(t, max_len)
+    b = 1 << max(t - 1, 0).bit_length() if t <= step else -(-t // step) * step
+    return max(t, min(b, max_len))
+
+
+def pad_t(a: dict, t: int) -> dict:
+    return {k: (np.pad(v, [(0, 0), (0, t - v.shape[1])]) if k.endswith("BxT") else v) for k, v in a.items()}
+
+
+def collect_rollouts(env, params, data_iter, rng, cfg):
+    """One rollout batch, with zero-variance groups replaced by informative groups from up to
+    cfg.max_resample_rounds extra rounds (dynamic sampling). Groups still uninformative stay in the batch with
+    keep=False (zero loss weight), so the batch shape and the jit stay fixed. Returns (arrays, keep_B, first)."""
+    timings: dict[str, float] = {}
+    calls = [0]
+
+    def sample(r):
+        calls[0] += 1
+        raw = env.rollout(params, next(data_iter), jax.random.fold_in(rng, r))
+        for k, v in (getattr(raw, "timings", None) or {}).items():
+            timings[k] = timings.get(k, 0.0) + float(v)
+        return _arrays(raw)
+
+    first = sample(0)
+    ro = {k: v.copy() for k, v in first.items()}  # filled in place below; `first` stays as sampled
+    keep = np.ones(len(ro["rewards_B"]), bool)
+    if cfg.filter_zero_variance:
+        keep = grpo.filter_zero_variance(ro["rewards_B"], ro["group_ids_B"])
+        for r in range(1, int(cfg.max_resample_rounds) + 1):
+            if keep.all():
+                break
+            extra = sample(r)
+            extra_keep = grpo.filter_zero_variance(extra["rewards_B"], extra["group_ids_B"])
+            t = max(ro["tokens_BxT"].shape[1], extra["tokens_BxT"].shape[1])
+            ro, extra = pad_t(ro, t), pad_t(extra, t)
+            donors = [g for g in dict.fromkeys(extra["group_ids_B"][extra_keep].tolist())]
+            holes = [g for g in dict.fromkeys(ro["group_ids_B"][~keep].tolist())]
+            for hole, donor in zip(holes, donors):
+                dst = np.flatnonzero(ro["group_ids_B"] == hole)
+                src = np.flatnonzero(extra["group_ids_B"] == donor)
+                if len(dst) != len(src):
+                    continue
+                for k, v in ro.items():
+                    if k != "group_ids_B":
+                        v[dst] = extra[k][src]
+                keep[dst] = True
+    return Namespace(ro), keep, Namespace(dict(first, timings=timings, rounds=calls[0]))
+
+
+class Namespace:
+    def __init__(self, d):
+        self.__dict__.update(d)
+
+
+def rollout_metrics(ro, reward_cfg, keep_B) -> dict:
+    r = np.asarray(ro.rewards_B, np.float64)
+    mask = np.asarray(ro.loss_mask_BxT)
+    out = {
+        "reward_mean": r.mean(),
+        "reward_std": r.std(),
+        "ex": np.mean(r >= float(reward_cfg.correct)),
+        "format_rate": np.mean(r > float(reward_cfg.bad_format)),
+        "completion_len": mask.sum(1).mean(),
+        "seq_len": np.asarray(ro.valid_BxT).sum(1).mean(),
+        "turns": np.asarray(ro.num_turns_B).mean(),
+        "kept_frac": np.mean(keep_B),
+    }
+    return {k: float(v) for k, v in out.items()}

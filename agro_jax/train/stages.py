@@ -1,0 +1,274 @@
+"""The training stages run by the one loop (loop.py): `sft` (cold start on agent tokens) and `grpo` (multi-turn
+rollouts, execution rewards, jitted update), with policy building, tokenizer lookup, HF export and the CLI entries.
+
+    agro-sql sft --config configs/tiny_cpu.py [--init_from DIR] [--max_steps N]
+    agro-sql grpo --config configs/tiny_cpu.py [--init_from DIR] [--max_steps N]
+
+A fresh stage may start from another stage's weights (`init_from`: a checkpoints dir, one step dir in it, or an HF
+checkpoint dir); a stage with checkpoints of its own resumes from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from agro_jax.rl import grpo
+from agro_jax.rollout.batch import Namespace, bucket_len, collect_rollouts, pad_t, rollout_metrics
+from agro_jax.rollout.envs import make_env
+from agro_jax.train import metrics
+from agro_jax.train.checkpoint import export_hf, load_params
+from agro_jax.train.loop import stage_dir, train_loop
+
+
+def build_policy(config, vocab_size: int | None, init_from=None):
+    """(mesh, model, model_cfg) with params sharded by config.mesh rules; weights from init_from if given."""
+    from agro_jax.model.builder import build_model
+    from agro_jax.scale.sharding import make_mesh
+
+    mesh = make_mesh(config.mesh)
+    init_from = pathlib.Path(init_from) if init_from else None
+    if init_from is not None and (init_from / "config.json").is_file():
+        # An HF dir (e.g. a previous stage's export): its architecture, but config.model's dtypes and remat, as
+        # build_model does for model.hf_path (float32 master params over a bf16 checkpoint).
+        model, model_cfg = build_model(dict(config.model.to_dict(), hf_path=str(init_from)), mesh, config.mesh.rules)
+        return mesh, model, model_cfg
+    model, model_cfg = build_model(config.model, mesh, config.mesh.rules, vocab_size=vocab_size, seed=int(config.seed))
+    if init_from is not None:
+        from flax import nnx
+
+        directory, step = (init_from.parent, int(init_from.name)) if init_from.name.isdigit() else (init_from, None)
+        params = load_params(directory, nnx.state(model, nnx.Param), step)
+        nnx.update(model, params)
+    return mesh, model, model_cfg
+
+
+def _maybe_export(config, stage, workdir, model, model_cfg, params, tokenizer=None):
+    """<workdir>/<stage>/hf: the trained policy as an HF checkpoint, with the tokenizer files when there is one, so
+    the dir loads on its own (transformers, agro-sql eval/convert, --init_from)."""
+    if not config.checkpoint.get("export_hf", False):
+        return None
+    from flax import nnx
+
+    nnx.update(model, params)
+    out = export_hf(model, model_cfg, stage_dir(workdir, stage) / "hf")
+    if tokenizer is not None and jax.process_index() == 0:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- GRPO
+
+
+def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps: int | None = None):
+    """GRPO stage. Returns the path of the final checkpoint (<workdir>/grpo/checkpoints/<step>)."""
+    from agro_jax.scale.multihost import place_batch
+
+    workdir = workdir or config.workdir
+    cfg = config.grpo
+    env_name = cfg.get("env", "sql")
+    if env_name == "sql":
+        tokenizer = resolve_tokenizer(config, workdir, tokenizer)
+    vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
+    mesh, model, model_cfg = build_policy(config, vocab, init_from)
+    graphdef, params, rest = grpo.split_model(model)
+    # beta == 0: no reference model is held or run at all.
+    ref_params = jax.tree.map(lambda x: x.copy(), params) if float(cfg.beta) else None
+    logp_fn = grpo.make_logp_fn(graphdef, rest)
+    micro = int(cfg.optim.grad_accum_steps)
+    update_step = None  # built lazily: it needs the optimizer made inside train_loop
+    env = make_env(env_name, config, graphdef, rest, model_cfg, tokenizer)
+    data_iter = env.prompt_iterator()
+    counters = {"ref_forwards": 0}
+    timer = metrics.Timer()
+
+    def one_step(step, params, opt_state, optimizer, rng):
+        nonlocal update_step
+        if update_step is None:
+            update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
+        with timer("rollout"):
+            ro, keep_B, first = collect_rollouts(env, params, data_iter, rng, cfg)
+        # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
+        ro = Namespace(pad_t(vars(ro), bucket_len(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
+        batch = grpo.make_batch(ro, cfg, keep_B)
+        t0 = time.perf_counter()
+        with timer("update"):
+            tree = place_batch(grpo.to_micro(batch.tree(), micro), mesh)
+            if cfg.get("recompute_old_logp", False):
+                tree["old_logp_BxT"] = logp_fn(params, tree["tokens_BxT"], tree["valid_BxT"])
+            if ref_params is not None:
+                tree["ref_logp_BxT"] = logp_fn(ref_params, tree["tokens_BxT"], tree["valid_BxT"])
+                counters["ref_forwards"] += 1
+            for _ in range(int(cfg.updates_per_batch)):
+                params, opt_state, m = update_step(params, opt_state, tree)
+            m = jax.device_get(m)
+        m.update(rollout_metrics(first, config.reward, keep_B))
+        m.update(timer.pop())
+        m.update({f"time/env_{k}": v for k, v in first.timings.items()})  # e.g. generation vs reward split
+        m["sample_rounds"] = first.rounds
+        m["tokens_per_s"] = float(np.sum(first.valid_BxT)) / max(m.get("time/rollout", 0.0), 1e-9)
+        m["update_tokens_per_s"] = float(np.sum(batch.valid_BxT)) / max(time.perf_counter() - t0, 1e-9)
+        return params, opt_state, m
+
+    steps = int(cfg.steps) if max_steps is None else min(int(cfg.steps), max_steps)
+    with jax.set_mesh(mesh), _closing(env):
+        params, final = train_loop(
+            "grpo",
+            config,
+            cfg,
+            workdir,
+            params=params,
+            total_steps=steps,
+            data_iter=data_iter,
+            one_step=one_step,
+            rng=jax.random.key(int(config.seed) + 1),
+        )
+    run_grpo.last_counters = dict(counters, ref_params_held=ref_params is not None)
+    _maybe_export(config, "grpo", workdir, model, model_cfg, params, tokenizer)
+    return final
+
+
+class _closing:
+    """Closes the env (its executor pool) however the loop ends."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def __enter__(self):
+        return self.env
+
+    def __exit__(self, *exc):
+        if hasattr(self.env, "close"):
+            self.env.close()
+
+
+# ----------------------------------------------------------------------------------------------------------- SFT
+
+
+def resolve_tokenizer(config, workdir, tokenizer=None):
+    """The tokenizer given, else config.tokenizer.path, else <workdir>/tokenizer (written by the pipeline)."""
+    if tokenizer is not None:
+        return tokenizer
+    from agro_jax.model.tokenizer import load_tokenizer
+
+    for path in (config.tokenizer.path, pathlib.Path(workdir) / "tokenizer"):
+        if path and pathlib.Path(path).is_dir():
+            return load_tokenizer(str(path))
+    raise FileNotFoundError(
+        f"no tokenizer: config.tokenizer.path is {config.tokenizer.path!r} and {workdir}/tokenizer does not exist"
+    )
+
+
+def policy_tokenizer(config, checkpoint):
+    """The tokenizer that goes with `checkpoint`: its own (HF export), else resolve_tokenizer's choice
+    (config.tokenizer.path, else the `tokenizer/` of the run folder above it: <workdir>/<stage>/checkpoints/<step>)."""
+    from agro_jax.model.tokenizer import load_tokenizer
+
+    path = pathlib.Path(checkpoint).absolute()
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        return load_tokenizer(str(path))
+    run_dirs = [p for p in list(path.parents)[:4] if (p / "tokenizer" / "tokenizer.json").is_file()]
+    return resolve_tokenizer(config, run_dirs[0] if run_dirs else config.workdir)
+
+
+def sft_sequences(config, workdir, tokenizer, examples=None):
+    """Factory examples -> gold trajectories -> diversity selection -> [(tokens, agent_mask)]; logs the selection."""
+    import json
+
+    from agro_jax.sql.executor import Executor
+    from agro_jax.train import sft
+
+    if examples is None:
+        from agro_jax.data.loader import load_examples
+
+        examples = load_examples(config.data.data_dir, config.data.train_split)
+    with Executor.from_config(config.executor) as executor:
+        trajs = sft.build_trajectories(examples, executor, config.rollout)
+    chosen = sft.select_trajectories(trajs, int(config.sft.num_selected), int(config.seed))
+    out = stage_dir(workdir, "sft")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "selected.jsonl", "w") as f:
+        for t in chosen:
+            f.write(json.dumps({"question": t["example"]["question"], "sql": t["sql"]}) + "\n")
+    print(f"[sft] {len(trajs)} gold trajectories from {len(examples)} examples; selected {len(chosen)}")
+    return sft.tokenize_trajectories(chosen, tokenizer, int(config.rollout.max_total_len))
+
+
+def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=None, init_from=None, max_steps=None):
+    """Cold-start SFT stage. `sequences` ([(tokens, agent_mask)]) skips trajectory building (tests, custom data).
+    Returns the path of the final checkpoint (<workdir>/sft/checkpoints/<step>)."""
+    from agro_jax.scale.multihost import place_batch
+    from agro_jax.train import sft
+
+    workdir = workdir or config.workdir
+    cfg = config.sft
+    if sequences is None:
+        tokenizer = resolve_tokenizer(config, workdir, tokenizer)
+        sequences = sft_sequences(config, workdir, tokenizer, examples)
+    vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    mesh, model, model_cfg = build_policy(config, vocab, init_from)
+    graphdef, params, rest = grpo.split_model(model)
+    batches = sft.SFTBatches(sequences, int(cfg.batch_size), int(config.seed), pad_id)
+    steps = int(cfg.epochs) * batches.steps_per_epoch
+    steps = steps if max_steps is None else min(steps, max_steps)
+    step_fn = None
+    timer = metrics.Timer()
+
+    def one_step(step, params, opt_state, optimizer, rng):
+        nonlocal step_fn
+        step_fn = step_fn or sft.make_sft_step(graphdef, rest, optimizer)
+        with timer("update"):
+            batch = place_batch(grpo.to_micro(next(batches), int(cfg.optim.grad_accum_steps)), mesh)
+            params, opt_state, m = step_fn(params, opt_state, batch)
+            m = jax.device_get(m)
+        m.update(timer.pop())
+        m["epoch"] = batches.epoch
+        return params, opt_state, m
+
+    with jax.set_mesh(mesh):
+        params, final = train_loop(
+            "sft",
+            config,
+            cfg,
+            workdir,
+            params=params,
+            total_steps=steps,
+            data_iter=batches,
+            one_step=one_step,
+            rng=jax.random.key(int(config.seed)),
+        )
+    _maybe_export(config, "sft", workdir, model, model_cfg, params, tokenizer)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+
+
+def _parse(args, stage):
+    p = argparse.ArgumentParser(prog=f"agro-sql {stage}")
+    p.add_argument("--init_from", default=None, help="checkpoints dir, one step dir, or an HF checkpoint dir")
+    p.add_argument("--max_steps", type=int, default=None, help="stop early (the schedule still uses config steps)")
+    return p.parse_args(getattr(args, "extra", []) or [])
+
+
+def grpo_main(config, args) -> int:
+    a = _parse(args, "grpo")
+    final = run_grpo(
+        config, getattr(args, "workdir", None) or config.workdir, init_from=a.init_from, max_steps=a.max_steps
+    )
+    print(f"grpo: final checkpoint {final}")
+    return 0
+
+
+def sft_main(config, args) -> int:
+    a = _parse(args, "sft")
+    final = run_sft(
+        config, getattr(args, "workdir", None) or config.workdir, init_from=a.init_from, max_steps=a.max_steps
+    )
+    print(f"sft: final checkpoint {final}")
+    return 0

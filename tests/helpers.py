@@ -1,0 +1,79 @@
+"""Shared test helpers (importable as `helpers`: pyproject's pytest pythonpath has tests/): the toy GRPO config,
+tiny random HF models and their transformers logits."""
+
+import pathlib
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+TOY = [
+    "--config",
+    "configs/tiny_cpu.py",
+    "--config.grpo.env=toy",
+    "--config.model.vocab_size=64",
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
+    "--config.grpo.prompts_per_step=4",
+    "--config.grpo.group_size=4",
+    "--config.grpo.optim.learning_rate=0.003",
+    "--config.checkpoint.export_hf=false",
+]
+
+
+def apply_config_overrides(config, items):
+    from agro_jax.config import apply_overrides
+
+    return apply_overrides(config, [x for x in items if x.startswith("--config.")])
+
+
+def toy_config(*extra):
+    from agro_jax.config import load_config
+
+    return apply_config_overrides(load_config("configs/tiny_cpu.py"), TOY[2:] + list(extra))
+
+
+# ------------------------------------------------------------------------------------------ tiny HF models (torch)
+
+
+def make_hf(family: str, tied: bool, out_dir, seed: int = 0):
+    """A random tiny HF model (GQA 4/2 heads, head_dim != hidden/heads for qwen3), all weights randomized."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    kw = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, rope_theta=1000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+              max_position_embeddings=128, attn_implementation="eager")  # fmt: skip
+    torch.manual_seed(seed)
+    if family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**kw))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=16, **kw))
+    with torch.no_grad():  # biases/norms are 0/1 at init: randomize everything so the mapping is really tested
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
+    model.eval().save_pretrained(out_dir)
+    return model
+
+
+def batch(vocab, b=3, t=10, seed=1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, (b, t)).astype(np.int32)
+    valid = np.ones((b, t), bool)
+    valid[1, :3] = False
+    valid[2, :6] = False
+    return tokens, valid
+
+
+def hf_logits(model, tokens, valid):
+    import torch
+
+    from agro_jax.model.qwen import positions_from_valid
+
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(valid, dtype=torch.long),
+            position_ids=torch.tensor(np.asarray(positions_from_valid(valid)), dtype=torch.long),
+        )
+    return out.logits.float().numpy()
