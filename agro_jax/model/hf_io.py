@@ -145,16 +145,16 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
 
 
 def load_hf_checkpoint(
-    path, mesh=None, rules=None, *, dtype=None, param_dtype=None, remat: bool = False
+    path, mesh=None, rules=None, *, dtype=None, param_dtype=None, remat: bool | str = "none", logits_chunk: int = 0
 ) -> tuple[Qwen, QwenConfig]:
     """(model, cfg) from a local HF Qwen2/Qwen3 dir; params placed per `rules` on `mesh` (default: device 0).
-    dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat: see QwenConfig."""
+    dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat, logits_chunk: see QwenConfig."""
     from agro_jax.scale.sharding import state_shardings
 
     path = pathlib.Path(path)
     cfg = read_config(path)
     dtype, param_dtype = dtype or cfg.dtype, param_dtype or dtype or cfg.param_dtype
-    cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype, remat=bool(remat))
+    cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, logits_chunk=int(logits_chunk))
     files = _tensor_files(path)
     headers = {f: read_safetensors_header(f) for f in sorted(set(files.values()))}
     abstract = nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0)))

@@ -17,6 +17,10 @@ from flax import nnx
 from agro_jax.model.kv_cache import KVCache
 
 FAMILIES = ("qwen2", "qwen3")
+# QwenConfig.remat -> what a block's backward pass keeps (None: no remat). save_dots: outputs of matmuls against
+# weights (no batch dims in the dot); attention's batched score/value einsums and all elementwise ops are recomputed.
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +41,12 @@ class QwenConfig:
     qk_norm: bool = True  # qwen3: RMSNorm over head_dim of q and k
     dtype: str = "float32"  # compute
     param_dtype: str = "float32"
-    remat: bool = False  # recompute each block in the backward pass (activation memory for long sequences)
+    # Backward-pass memory policy per block: "none" keeps every activation; "full" recomputes the block from its
+    # input; "save_dots" keeps the projection (matmul) outputs and recomputes the rest. True/False mean full/none.
+    remat: str = "none"
+    # Sequence positions per chunk when log-probs are taken from hidden states (model/logprobs.py): the backward pass
+    # then holds B x chunk x V logits instead of B x T x V. 0: all positions at once.
+    logits_chunk: int = 0
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -51,6 +60,12 @@ class QwenConfig:
             raise ValueError(f"QwenConfig.head_dim={self.head_dim!r} must be a positive even int (RoPE)")
         for f in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, f))  # raises on an unknown dtype name
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"QwenConfig.remat={self.remat!r} must be one of {tuple(REMAT_POLICIES)} (or a bool)")
+        if int(self.logits_chunk) < 0:
+            raise ValueError(f"QwenConfig.logits_chunk={self.logits_chunk!r} must be >= 0 (0: no chunking)")
 
     @property
     def compute_dtype(self):
@@ -181,6 +196,12 @@ def shard_activation(x_Bx___):
     return jax.lax.with_sharding_constraint(x_Bx___, spec)
 
 
+def _with_lora(module, name: str, x, y):
+    """y = x against weight `name`, plus the output of the LoRA adapter model/lora.py attached as `<name>_lora`."""
+    lora = getattr(module, f"{name}_lora", None)
+    return y if lora is None else y + lora(x)
+
+
 def _param(rngs, init, shape, dtype, axes):
     return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
 
@@ -235,9 +256,9 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer: int, cache: KVCache | None, cache_index):
         cfg, dt = self.cfg, x_BxTxD.dtype
-        q = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dt))
-        k = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dt))
-        v = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.v[...].astype(dt))
+        q = _with_lora(self, "q", x_BxTxD, jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dt)))
+        k = _with_lora(self, "k", x_BxTxD, jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dt)))
+        v = _with_lora(self, "v", x_BxTxD, jnp.einsum("btd,dkh->btkh", x_BxTxD, self.v[...].astype(dt)))
         if cfg.attention_bias:
             q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
         if cfg.qk_norm:
@@ -257,7 +278,8 @@ class Attention(nnx.Module):
         scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-        out = jnp.einsum("btnh,nhd->btd", out_BxTxKxGxH.reshape(b, t, n, h), self.o[...].astype(dt))
+        out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, n, h)
+        out = _with_lora(self, "o", out_BxTxNxH, jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.o[...].astype(dt)))
         return out, cache
 
 
@@ -271,9 +293,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxTxD):
         dt = x_BxTxD.dtype
-        g = x_BxTxD @ self.gate[...].astype(dt)
-        u = x_BxTxD @ self.up[...].astype(dt)
-        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)
+        g = _with_lora(self, "gate", x_BxTxD, x_BxTxD @ self.gate[...].astype(dt))
+        u = _with_lora(self, "up", x_BxTxD, x_BxTxD @ self.up[...].astype(dt))
+        h_BxTxF = jax.nn.silu(g) * u
+        return _with_lora(self, "down", h_BxTxF, h_BxTxF @ self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -299,7 +322,9 @@ def _block_fn(layer: int):
 
 class Qwen(nnx.Module):
     """`Qwen(cfg, rngs=nnx.Rngs(seed))(tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=0)`
-    -> (logits_BxTxV float32, cache | None)."""
+    -> (logits_BxTxV float32, cache | None), which is `logits(hidden(...))`: `hidden` runs everything up to the final
+    norm (compute dtype, B x T x D) and `logits` applies the lm_head, so callers that need only some positions'
+    logits (prefill: the last one) or reductions of them (training log-probs, in chunks) never hold B x T x V."""
 
     def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -312,18 +337,28 @@ class Qwen(nnx.Module):
             self.lm_head = _param(rngs, init, (cfg.hidden_size, cfg.vocab_size), pd, ("embed", "vocab"))
 
     def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=0):
+        hidden_BxTxD, cache = self.hidden(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)
+        return self.logits(hidden_BxTxD), cache
+
+    def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None, cache_index=0):
+        """-> (hidden_BxTxD after the final norm, in the compute dtype; cache | None): the model without its lm_head."""
         cfg = self.cfg
         dt = cfg.compute_dtype
         x = shard_activation(jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt))
         mask_BxTxS = jnp.asarray(mask_BxTxS, bool)
         cache_index = jnp.asarray(cache_index, jnp.int32)
+        policy = REMAT_POLICIES[cfg.remat]
         for i, block in enumerate(self.layers):
-            run = nnx.remat(_block_fn(i)) if cfg.remat else _block_fn(i)
+            run = nnx.remat(_block_fn(i), policy=policy) if policy is not None else _block_fn(i)
             x, cache = run(block, x, positions_BxT, mask_BxTxS, cache, cache_index)
             x = shard_activation(x)
-        x = self.final_norm(x)
-        if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
+        return self.final_norm(x), cache
+
+    def logits(self, hidden_BxTxD):
+        """hidden_Bx...xD (from `hidden`, any positions) -> float32 logits_Bx...xV (bf16 inputs, fp32 accumulation)."""
+        x, dt = hidden_BxTxD, hidden_BxTxD.dtype
+        if self.cfg.tie_word_embeddings:
+            logits = jnp.einsum("...d,vd->...v", x, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
         else:
-            logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
-        return shard_activation(logits.astype(jnp.float32)), cache
+            logits = jnp.einsum("...d,dv->...v", x, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+        return shard_activation(logits.astype(jnp.float32))

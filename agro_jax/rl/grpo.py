@@ -1,7 +1,10 @@
 """GRPO in one place: rollout batch -> (filtered) advantages -> jitted, micro-batched clipped-surrogate update.
 
 The update is functional over (params, opt_state) so it can be jitted once, sharded by the params' own shardings and
-checkpointed as-is. Loss maths lives in losses.py, advantage estimators in advantages.py (both registries).
+checkpointed as-is. With LoRA (model/lora.py) params are the adapters and the base weights come in as `frozen`, an
+argument that gets no gradient and no optimizer state. Log-probs come from hidden states in chunks of
+`model.cfg.logits_chunk` positions (model/logprobs.py), never as B x T x V logits. Loss maths lives in losses.py,
+advantage estimators in advantages.py (both registries).
 """
 
 from __future__ import annotations
@@ -18,17 +21,16 @@ from flax import nnx
 from agro_jax.rl import advantages, losses
 
 
-def sequence_logprobs(model, tokens_BxT, valid_BxT):
-    """logp_BxT[t] = log p(tokens[t] | tokens[<t]) (0 at t=0) and the policy entropy at each predicted position."""
-    from agro_jax.model.qwen import make_causal_mask, positions_from_valid, token_logprobs
+def sequence_logprobs(model, tokens_BxT, valid_BxT, *, entropy: bool = True, chunk: int | None = None):
+    """logp_BxT[t] = log p(tokens[t] | tokens[<t]) (0 at t=0) and the policy entropy at each predicted position (None
+    when entropy=False), float32, the lm_head applied to chunks of `chunk` positions (default model.cfg.logits_chunk;
+    0: all at once)."""
+    from agro_jax.model.logprobs import next_token_stats
+    from agro_jax.model.qwen import make_causal_mask, positions_from_valid
 
-    logits_BxTxV, _ = model(tokens_BxT, positions_from_valid(valid_BxT), make_causal_mask(valid_BxT))
-    logits_BxTxV = logits_BxTxV[:, :-1].astype(jnp.float32)
-    logp_next = token_logprobs(logits_BxTxV, tokens_BxT[:, 1:])
-    logz = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-    ent_next = -jnp.sum(jnp.exp(logz) * logz, axis=-1)
-    pad = jnp.zeros_like(logp_next[:, :1])
-    return jnp.concatenate([pad, logp_next], 1), jnp.concatenate([pad, ent_next], 1)
+    hidden_BxTxD, _ = model.hidden(tokens_BxT, positions_from_valid(valid_BxT), make_causal_mask(valid_BxT))
+    chunk = int(model.cfg.logits_chunk) if chunk is None else int(chunk)
+    return next_token_stats(hidden_BxTxD, tokens_BxT, model.logits, chunk, entropy=entropy)
 
 
 @dataclasses.dataclass
@@ -70,8 +72,14 @@ def make_batch(rollout, grpo_cfg, keep_B=None, pad_id: int = 0) -> Batch:
 
 
 def split_model(model):
-    """(graphdef, params, rest): params are trained; rest (non-Param state) is carried unchanged."""
+    """(graphdef, params, rest): params are trained; rest (non-Param state) is carried unchanged. A model with LoRA
+    adapters needs model.lora.split instead (adapters trained, base weights frozen)."""
     return nnx.split(model, nnx.Param, ...)
+
+
+def merge(graphdef, params, frozen, rest):
+    """The model from its trained params, the frozen state (LoRA base weights; None or empty without LoRA) and rest."""
+    return nnx.merge(graphdef, params, *([frozen] if frozen is not None else []), rest)
 
 
 def to_micro(tree: dict, micro_batches: int) -> dict:
@@ -95,13 +103,13 @@ def _micro_major(tree):
 
 
 def make_logp_fn(graphdef, rest):
-    """Jitted (params, tokens_bxMxT, valid_bxMxT) -> logp_bxMxT (no grad): old/ref logprobs, one micro-batch at a
-    time so the reference forward never holds more activations than a training micro-batch."""
+    """Jitted (params, tokens_bxMxT, valid_bxMxT, frozen=None) -> logp_bxMxT (no grad): old/ref logprobs, one
+    micro-batch at a time so the reference forward never holds more activations than a training micro-batch."""
 
     @jax.jit
-    def logp_fn(params, tokens, valid):
-        model = nnx.merge(graphdef, params, rest)
-        body = lambda _, tv: (None, sequence_logprobs(model, tv[0], tv[1])[0])
+    def logp_fn(params, tokens, valid, frozen=None):
+        model = merge(graphdef, params, frozen, rest)
+        body = lambda _, tv: (None, sequence_logprobs(model, tv[0], tv[1], entropy=False)[0])
         _, logp_MxbxT = jax.lax.scan(body, None, _micro_major((tokens, valid)))
         return jnp.swapaxes(logp_MxbxT, 0, 1)
 
@@ -109,7 +117,7 @@ def make_logp_fn(graphdef, rest):
 
 
 def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, grpo_cfg):
-    """Jitted (params, opt_state, batch_tree) -> (params, opt_state, metrics); one optimizer step.
+    """Jitted (params, opt_state, batch_tree, frozen=None) -> (params, opt_state, metrics); one optimizer step.
 
     The batch comes in the to_micro layout [b, M, ...]; the M micro-batches are scanned in sequence, grads of the
     loss *sums* and the counts accumulated and divided once: the step equals the full-batch step for every
@@ -123,8 +131,8 @@ def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, gr
         aggregation=grpo_cfg.aggregation,
     )
 
-    def loss_fn(params, mb):
-        model = nnx.merge(graphdef, params, rest)
+    def loss_fn(params, mb, frozen):
+        model = merge(graphdef, params, frozen, rest)
         logp_BxT, ent_BxT = sequence_logprobs(model, mb["tokens_BxT"], mb["valid_BxT"])
         s, c, stats = losses.grpo_loss(
             logp_BxT,
@@ -141,18 +149,18 @@ def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, gr
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, batch):
+    def step(params, opt_state, batch, frozen=None):
         mbs = _micro_major(batch)
 
         def body(carry, mb):
             g_acc, s_acc, c_acc, st_acc = carry
-            (s, (c, st)), g = grad_fn(params, mb)
+            (s, (c, st)), g = grad_fn(params, mb, frozen)
             add = lambda a, x: a + x
             return (jax.tree.map(add, g_acc, g), s_acc + s, c_acc + c, jax.tree.map(add, st_acc, st)), None
 
         zero_g = jax.tree.map(jnp.zeros_like, params)
         first_mb = jax.tree.map(lambda x: x[0], mbs)
-        zero_st = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_fn, params, first_mb)[1][1])
+        zero_st = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_fn, params, first_mb, frozen)[1][1])
         (g, s, c, st), _ = jax.lax.scan(body, (zero_g, 0.0, 0.0, zero_st), mbs)
         denom = jnp.maximum(c, 1e-8)
         grads = jax.tree.map(lambda x: x / denom, g)

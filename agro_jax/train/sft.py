@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from agro_jax.rl import grpo
 from agro_jax.train import sft_select
@@ -119,23 +118,25 @@ class SFTBatches:
 
 
 def make_sft_step(graphdef, rest, optimizer: optax.GradientTransformation):
-    """Jitted (params, opt_state, batch) -> (params, opt_state, metrics): token-mean NLL over agent tokens only,
-    batch in grpo.to_micro layout, micro-batched exactly as in grpo.make_update_step."""
+    """Jitted (params, opt_state, batch, frozen=None) -> (params, opt_state, metrics): token-mean NLL over agent tokens
+    only, batch in grpo.to_micro layout, micro-batched exactly as in grpo.make_update_step; log-probs chunked by
+    model.cfg.logits_chunk and `frozen` (LoRA base weights) as in grpo.make_update_step."""
 
-    def loss_fn(params, mb):
-        logp_BxT, _ = grpo.sequence_logprobs(nnx.merge(graphdef, params, rest), mb["tokens_BxT"], mb["valid_BxT"])
+    def loss_fn(params, mb, frozen):
+        model = grpo.merge(graphdef, params, frozen, rest)
+        logp_BxT, _ = grpo.sequence_logprobs(model, mb["tokens_BxT"], mb["valid_BxT"], entropy=False)
         mask = mb["loss_mask_BxT"]
         return -jnp.sum(logp_BxT * mask), jnp.sum(mask)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, batch):
+    def step(params, opt_state, batch, frozen=None):
         mbs = grpo._micro_major(batch)
 
         def body(carry, mb):
             g_acc, s_acc, c_acc = carry
-            (s, c), g = grad_fn(params, mb)
+            (s, c), g = grad_fn(params, mb, frozen)
             return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, c_acc + c), None
 
         init = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0), jnp.float32(0))
