@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from agro_jax.errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A config file, spec or override is malformed; the message names the offending key."""
 
 

@@ -17,7 +17,6 @@ resume from their own latest checkpoint. `--stages sft,eval_sft` runs a subset; 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -184,13 +183,17 @@ class Pipeline:
         return [jpath, mpath], {"ex": report["ex"], "n": report["num_examples"]}
 
 
-def run_main(config, args) -> int:
-    p = argparse.ArgumentParser(prog="agro-sql run")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+def run_arguments(p) -> None:
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages, run in order")
     p.add_argument("--force", action="store_true", help="rerun the named stages even if they finished before")
-    a = p.parse_args(getattr(args, "extra", []) or [])
-    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    p.epilog = "example:\n  agro-sql run --config configs/tiny_cpu.py --workdir runs/tiny_cpu --stages sft,eval_sft"
+
+
+def run_main(config, args) -> int:
+    from agro_jax.errors import UsageError
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if stage_error(stages):
-        p.error(stage_error(stages))
-    Pipeline(config, config.workdir).run(stages, force=a.force)
+        raise UsageError(f"--stages {args.stages}: {stage_error(stages)}")
+    Pipeline(config, config.workdir).run(stages, force=args.force)
     return 0

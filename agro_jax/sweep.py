@@ -15,7 +15,6 @@ and stops there.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import itertools
@@ -204,30 +203,26 @@ def run_commands(commands: list[list[str]], logs: list[pathlib.Path], max_parall
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
-def _parse(extra) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="agro-sql sweep")
-    p.add_argument("--sweep", required=True, help="sweep file spec: path.py[:arg] defining get_sweep(arg)")
-    p.add_argument("--stage", default="run", help="agro-sql subcommand each variant runs (default: run)")
+def sweep_arguments(p) -> None:
+    p.add_argument("--sweep", required=True, help="sweep file spec path.py[:arg] defining get_sweep(arg)")
+    p.add_argument("--stage", default="run", help="agro-sql subcommand each variant runs")
     p.add_argument("--dry-run", action="store_true", help="print (and write) the commands, run nothing")
     p.add_argument("--max-parallel", type=int, default=1, help="variants running at once (local launcher)")
     p.add_argument("--launcher", choices=("local", "tpu"), default="local", help="local subprocesses or TPU VMs")
     p.add_argument("--tpu-args", default="", help="launch_tpu.sh flags for --launcher tpu, e.g. '--zone Z ...'")
     p.add_argument("--tpu-name", default="agro-sweep", help="TPU VM name prefix (one VM per variant)")
-    return p.parse_args(extra)
+    p.epilog = "example:\n  agro-sql sweep --sweep configs/sweeps/lr_beta.py:quick --stage grpo --dry-run"
 
 
 def sweep_main(config, args) -> int:
     from agro_jax.cli import SUBCOMMANDS
 
-    a = _parse(getattr(args, "extra", []) or [])
+    a = args
     if a.stage == "sweep" or a.stage not in SUBCOMMANDS:
         known = ", ".join(sorted(set(SUBCOMMANDS) - {"sweep"})) or "none registered"
-        raise SystemExit(f"agro-sql sweep: --stage {a.stage!r} is not a runnable subcommand (known: {known})")
+        raise ConfigError(f"--stage {a.stage!r} is not a runnable subcommand (known: {known})")
     base_overrides = list(getattr(args, "overrides", []) or [])
-    try:
-        variants = expand(args.config, base_overrides, a.sweep, config.workdir, a.stage)
-    except ConfigError as e:
-        raise SystemExit(f"agro-sql sweep: {e}") from None
+    variants = expand(args.config, base_overrides, a.sweep, config.workdir, a.stage)
     if a.launcher == "tpu":
         commands = [tpu_command(v, shlex.split(a.tpu_args), a.tpu_name) for v in variants]
     else:

@@ -17,7 +17,6 @@ needing more than one check cycle), so later rounds re-synthesize exactly the un
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import json
@@ -176,16 +175,19 @@ def write_outputs(records: list[dict], summary: dict, out_dir: str, build_tfds: 
     return build_dataset(records, os.path.join(out_dir, "tfds")) if build_tfds else None
 
 
+def factory_arguments(p) -> None:
+    p.add_argument("--out", default=None, help="output dir (default <workdir>/factory)")
+    p.add_argument("--num-examples", type=int, default=None, help="examples to select (default config.factory)")
+    p.add_argument("--rounds", type=int, default=None, help="synthesis rounds (default config.factory)")
+    p.add_argument("--no-tfds", action="store_true", help="skip the TFDS build (examples.jsonl + summary only)")
+    p.epilog = "example:\n  agro-sql factory --config configs/tiny_cpu.py --workdir runs/tiny_cpu --num-examples 200"
+
+
 def factory_main(config, args) -> int:
     """`agro-sql factory`: builds the dataset under <workdir>/factory (or --out)."""
     from agro_jax.sql.executor import Executor
 
-    p = argparse.ArgumentParser(prog="agro-sql factory")
-    p.add_argument("--out", default=None, help="output dir (default <workdir>/factory)")
-    p.add_argument("--num-examples", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--no-tfds", action="store_true", help="skip the TFDS build (examples.jsonl + summary only)")
-    a = p.parse_args(getattr(args, "extra", []) or [])
+    a = args
     fcfg = config.factory
     if a.num_examples is not None:
         fcfg.num_examples = a.num_examples

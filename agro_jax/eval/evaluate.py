@@ -11,7 +11,6 @@ Predictions: one SQL per line (line i = example i), or JSON: a list of SQL strin
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -159,23 +158,31 @@ def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> d
         return evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size))
 
 
+def eval_arguments(p) -> None:
+    p.add_argument("--data", required=True, help="benchmark dir (Spider: dev.json + database/; BIRD: dev.json + "
+                   "dev_databases/)")  # fmt: skip
+    p.add_argument("--format", choices=("spider", "bird"), required=True, help="layout of --data")
+    p.add_argument("--split", default="dev", help="which file: dev -> dev.json (Spider train -> train_spider.json)")
+    what = p.add_argument_group("what to evaluate (exactly one)")
+    what.add_argument("--predictions", default=None, help="predictions file: one SQL per line or JSON list/dict")
+    what.add_argument("--gold-as-pred", action="store_true", help="sanity check: gold SQL as predictions (EX 1)")
+    what.add_argument("--policy", default=None, help="greedy agent from a checkpoints dir, step dir or HF dir")
+    p.add_argument("--mode", default=None, choices=("bird", "spider", "tolerant"), help="compare mode (default: "
+                   "the --format's own)")  # fmt: skip
+    p.add_argument("--out", default=None, help="report dir (default <workdir>/eval)")
+    p.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N examples (0: all)")
+    p.epilog = ("example:\n  agro-sql eval --data ../shared/benchmarks/spider --format spider "
+                "--policy runs/tiny_cpu/grpo/checkpoints")  # fmt: skip
+
+
 def eval_main(config, args) -> int:
+    from agro_jax.errors import UsageError
     from agro_jax.sql.benchmark_data import last_skipped, load_bird, load_spider
     from agro_jax.sql.executor import Executor
 
-    p = argparse.ArgumentParser(prog="agro-sql eval")
-    p.add_argument("--data", required=True, help="benchmark dir (Spider: dev.json + database/; BIRD: dev.json + ...)")
-    p.add_argument("--format", choices=("spider", "bird"), required=True)
-    p.add_argument("--split", default="dev")
-    p.add_argument("--predictions", default=None, help="predictions file (lines or JSON)")
-    p.add_argument("--gold-as-pred", action="store_true", help="sanity check: gold SQL as predictions (EX must be 1)")
-    p.add_argument("--policy", default=None, help="greedy agent from a checkpoints dir, step dir or HF dir")
-    p.add_argument("--mode", default=None, help="bird|spider|tolerant (default: the --format's own)")
-    p.add_argument("--out", default=None, help="report dir (default <workdir>/eval)")
-    p.add_argument("--max-examples", type=int, default=0)
-    a = p.parse_args(args.extra)
+    a = args
     if sum([bool(a.predictions), a.gold_as_pred, bool(a.policy)]) != 1:
-        p.error("give exactly one of --predictions FILE, --gold-as-pred or --policy CHECKPOINT")
+        raise UsageError("give exactly one of --predictions FILE, --gold-as-pred or --policy CHECKPOINT")
     load = load_spider if a.format == "spider" else load_bird
     examples = load(a.data, a.split, schema_text=bool(a.policy))  # the agent's prompt needs the schema text
     skipped = last_skipped()

@@ -9,7 +9,6 @@ and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, factory.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -256,10 +255,12 @@ def write_report(workdir, out_dir=None) -> pathlib.Path:
     return report
 
 
-def report_main(config, args) -> int:
-    p = argparse.ArgumentParser(prog="agro-sql report")
+def report_arguments(p) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <workdir>/report)")
-    a = p.parse_args(getattr(args, "extra", []) or [])
-    path = write_report(config.workdir, a.out)
+    p.epilog = "example:\n  agro-sql report --workdir runs/tiny_cpu"
+
+
+def report_main(config, args) -> int:
+    path = write_report(config.workdir, args.out)
     print(f"report: {path}")
     return 0

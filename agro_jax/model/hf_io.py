@@ -9,7 +9,6 @@ has no bfloat16.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -237,16 +236,25 @@ def save_hf_checkpoint(model, cfg: QwenConfig, out_dir, *, max_shard_bytes: int 
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
+def convert_arguments(p) -> None:
+    p.add_argument("--in", dest="src", required=True, help="HF checkpoint dir (config.json + safetensors)")
+    p.add_argument("--out", dest="dst", required=True, help="output dir")
+    p.add_argument("--dtype", default=None, help="cast params to this dtype (e.g. bfloat16, float32)")
+    p.add_argument("--max-shard-mb", type=int, default=4096, help="largest safetensors shard written")
+    p.epilog = "example:\n  agro-sql convert --in runs/tiny_cpu/grpo/hf --out /tmp/policy_bf16 --dtype bfloat16"
+
+
 def convert_main(config, args) -> int:
     """`agro-sql convert --in DIR --out DIR [--dtype bfloat16] [--max-shard-mb N]`: validates an HF Qwen checkpoint by
     importing it, re-exports it (optionally cast / re-sharded; tokenizer files copied along) and checks that the
     export re-imports bit-exactly."""
-    p = argparse.ArgumentParser(prog="agro-sql convert")
-    p.add_argument("--in", dest="src", required=True, help="HF checkpoint dir (config.json + safetensors)")
-    p.add_argument("--out", dest="dst", required=True, help="output dir")
-    p.add_argument("--dtype", default=None, help="cast params to this dtype (e.g. bfloat16, float32)")
-    p.add_argument("--max-shard-mb", type=int, default=4096)
-    a = p.parse_args(getattr(args, "extra", None) or [])
+    from agro_jax.errors import MissingInputError
+
+    a = args
+    if not (pathlib.Path(a.src) / "config.json").is_file():
+        what = "no such directory" if not pathlib.Path(a.src).is_dir() else "no config.json in it"
+        raise MissingInputError(f"--in {a.src}: {what}; give an HF checkpoint dir (config.json + *.safetensors), "
+                                "e.g. <workdir>/grpo/hf")  # fmt: skip
     model, cfg = load_hf_checkpoint(a.src, dtype=a.dtype, param_dtype=a.dtype)
     n = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     out = save_hf_checkpoint(model, cfg, a.dst, max_shard_bytes=a.max_shard_mb << 20)

@@ -1,8 +1,8 @@
 """The training stages run by the one loop (loop.py): `sft` (cold start on agent tokens) and `grpo` (multi-turn
 rollouts, execution rewards, jitted update), with policy building, tokenizer lookup, HF export and the CLI entries.
 
-    agro-sql sft --config configs/tiny_cpu.py [--init_from DIR] [--max_steps N]
-    agro-sql grpo --config configs/tiny_cpu.py [--init_from DIR] [--max_steps N]
+    agro-sql sft --config configs/tiny_cpu.py [--init-from DIR] [--max-steps N]
+    agro-sql grpo --config configs/tiny_cpu.py [--init-from DIR] [--max-steps N]
 
 A fresh stage may start from another stage's weights (`init_from`: a checkpoints dir, one step dir in it, or an HF
 checkpoint dir); a stage with checkpoints of its own resumes from them.
@@ -10,7 +10,6 @@ checkpoint dir); a stage with checkpoints of its own resumes from them.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import time
 
@@ -249,26 +248,24 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
-def _parse(args, stage):
-    p = argparse.ArgumentParser(prog=f"agro-sql {stage}")
-    p.add_argument("--init_from", default=None, help="checkpoints dir, one step dir, or an HF checkpoint dir")
-    p.add_argument("--max_steps", type=int, default=None, help="stop early (the schedule still uses config steps)")
-    return p.parse_args(getattr(args, "extra", []) or [])
+def sft_arguments(p, stage="sft") -> None:
+    p.add_argument("--init-from", default=None, metavar="DIR", help="start from these weights: a checkpoints dir, "
+                   "one step dir in it, or an HF dir (a stage with checkpoints resumes instead)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N steps (schedule: config's)")
+    p.epilog = f"example:\n  agro-sql {stage} --config configs/tiny_cpu.py --workdir runs/tiny_cpu --max-steps 5"
+
+
+def grpo_arguments(p) -> None:
+    sft_arguments(p, "grpo")
 
 
 def grpo_main(config, args) -> int:
-    a = _parse(args, "grpo")
-    final = run_grpo(
-        config, getattr(args, "workdir", None) or config.workdir, init_from=a.init_from, max_steps=a.max_steps
-    )
+    final = run_grpo(config, config.workdir, init_from=args.init_from, max_steps=args.max_steps)
     print(f"grpo: final checkpoint {final}")
     return 0
 
 
 def sft_main(config, args) -> int:
-    a = _parse(args, "sft")
-    final = run_sft(
-        config, getattr(args, "workdir", None) or config.workdir, init_from=a.init_from, max_steps=a.max_steps
-    )
+    final = run_sft(config, config.workdir, init_from=args.init_from, max_steps=args.max_steps)
     print(f"sft: final checkpoint {final}")
     return 0

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import types
 
 import jax
 import numpy as np
@@ -12,7 +11,6 @@ from flax import nnx
 from helpers import batch, hf_logits, make_hf
 
 from agro_jax.model.hf_io import (
-    convert_main,
     load_hf_checkpoint,
     read_safetensors_header,
     save_hf_checkpoint,
@@ -151,8 +149,9 @@ def test_convert_cli(src, tmp_path, capsys):
 
     d = _copy(src["qwen3"], tmp_path / "in")
     train_tokenizer(["select a from t"] * 4, 270, str(d), added_tokens=["<sql>"])
-    args = types.SimpleNamespace(extra=["--in", str(d), "--out", str(tmp_path / "o"), "--dtype", "float32"])
-    assert convert_main(None, args) == 0
+    from agro_jax import cli
+
+    assert cli.main(["convert", "--in", str(d), "--out", str(tmp_path / "o"), "--dtype", "float32"]) == 0
     assert "verified" in capsys.readouterr().out
     assert load_tokenizer(str(tmp_path / "o")).encode("<sql>", add_special_tokens=False) == [
         load_tokenizer(str(d)).convert_tokens_to_ids("<sql>")

@@ -10,6 +10,7 @@ from helpers import REPO_ROOT
 
 # Lower number = lower layer. A module may import its own layer or lower ones; circles are checked separately.
 LEVELS = {
+    "agro_jax.errors": 0,  # UsageError: raised by any layer for a user's mistake, printed by the CLI as one line
     "agro_jax.sql": 0,
     "agro_jax.scale": 0,
     "agro_jax.data": 0,
@@ -94,7 +95,9 @@ def test_checker_catches_a_circle_and_an_upward_import():
     assert upward_imports(graph) == ["agro_jax.rl.grpo -> agro_jax.rollout.loop"]
 
 
-@pytest.mark.parametrize("package", sorted(p for p in LEVELS if p.startswith("agro_jax.")))
+@pytest.mark.parametrize(
+    "package", sorted(p for p in LEVELS if p.startswith("agro_jax.") and (REPO_ROOT / p.replace(".", "/")).is_dir())
+)
 def test_each_subpackage_says_what_it_does(package):
     init = REPO_ROOT / package.replace(".", "/") / "__init__.py"
     tree = ast.parse(init.read_text())

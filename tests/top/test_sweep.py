@@ -155,6 +155,8 @@ def test_runner_records_failures_and_keeps_going(tmp_path):
         sw.run_commands([ok], logs[:1], max_parallel=0)
 
 
-def test_unknown_stage_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="--stage 'nope' is not a runnable subcommand"):
+def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         main(["sweep", "--config", CONFIG, "--workdir", str(tmp_path), "--sweep", LR_BETA, "--stage", "nope"])
+    assert e.value.code == 2
+    assert "agro-sql sweep: error: --stage 'nope' is not a runnable subcommand" in capsys.readouterr().err
