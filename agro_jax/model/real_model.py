@@ -13,7 +13,6 @@ Cache root: $AGRO_JAX_MODELS, default ~/.cache/agro_jax/models. Layout:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import os
@@ -157,16 +156,19 @@ def _sha256(path) -> str:
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
-def get_model_main(config, args) -> int:
-    """`agro-sql get-model [--root DIR] [--verify]`: assemble + check + convert the real model; prints the HF dir."""
-    p = argparse.ArgumentParser(prog="agro-sql get-model")
+def get_model_arguments(p) -> None:
     p.add_argument("--root", default=None, help="cache root (default $AGRO_JAX_MODELS or ~/.cache/agro_jax/models)")
     p.add_argument("--verify", action="store_true", help="re-hash the cached GGUF and redo a stale conversion")
-    a = p.parse_args(getattr(args, "extra", None) or [])
+    p.epilog = "example:\n  agro-sql get-model --verify"
+
+
+def get_model_main(config, args) -> int:
+    """`agro-sql get-model [--root DIR] [--verify]`: assemble + check + convert the real model; prints the HF dir."""
+    from agro_jax.errors import UsageError
+
     try:
-        hf = ensure_real_model(a.root, verify=a.verify)
+        hf = ensure_real_model(args.root, verify=args.verify)
     except (RealModelError, GGUFError) as e:
-        print(f"get-model: {e}")
-        return 2
+        raise UsageError(str(e)) from e
     print(hf)
     return 0
