@@ -25,6 +25,8 @@ import struct
 
 import numpy as np
 
+from agro_jax.errors import UsageError
+
 MAGIC = b"GGUF"
 ARCHITECTURES = ("qwen2", "qwen3")
 # Types this importer dequantizes (gguf.quants has numpy kernels for each; F32/F16 are plain views).
@@ -46,7 +48,7 @@ _NP_SCALARS = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32,
                7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}  # fmt: skip
 
 
-class GGUFError(ValueError):
+class GGUFError(UsageError):
     """A GGUF file this importer cannot use; the message names the file and what is wrong."""
 
 

