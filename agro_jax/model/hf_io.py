@@ -146,11 +146,13 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
 def load_hf_checkpoint(
     path, mesh=None, rules=None, *, dtype=None, param_dtype=None, remat: bool | str = "none", logits_chunk: int = 0
 ) -> tuple[Qwen, QwenConfig]:
-    """(model, cfg) from a local HF Qwen2/Qwen3 dir; params placed per `rules` on `mesh` (default: device 0).
+    """(model, cfg) from a local HF Qwen2/Qwen3 dir or a GGUF file (converted once into the cache: see
+    real_model.resolve_model_path); params placed per `rules` on `mesh` (default: device 0).
     dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat, logits_chunk: see QwenConfig."""
+    from agro_jax.model.real_model import resolve_model_path
     from agro_jax.scale.sharding import state_shardings
 
-    path = pathlib.Path(path)
+    path = resolve_model_path(path)
     cfg = read_config(path)
     dtype, param_dtype = dtype or cfg.dtype, param_dtype or dtype or cfg.param_dtype
     cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, logits_chunk=int(logits_chunk))
@@ -237,20 +239,32 @@ def save_hf_checkpoint(model, cfg: QwenConfig, out_dir, *, max_shard_bytes: int 
 
 
 def convert_arguments(p) -> None:
-    p.add_argument("--in", dest="src", required=True, help="HF checkpoint dir (config.json + safetensors)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--in", dest="src", help="HF checkpoint dir (config.json + safetensors)")
+    src.add_argument("--gguf", default=None, help="a llama.cpp GGUF file of a Qwen2/Qwen3 model (dequantized)")
     p.add_argument("--out", dest="dst", required=True, help="output dir")
     p.add_argument("--dtype", default=None, help="cast params to this dtype (e.g. bfloat16, float32)")
     p.add_argument("--max-shard-mb", type=int, default=4096, help="largest safetensors shard written")
-    p.epilog = "example:\n  agro-sql convert --in runs/tiny_cpu/grpo/hf --out /tmp/policy_bf16 --dtype bfloat16"
+    p.epilog = ("examples:\n  agro-sql convert --in runs/tiny_cpu/grpo/hf --out /tmp/policy_bf16 --dtype bfloat16\n"
+                "  agro-sql convert --gguf model-q4_k_m.gguf --out /tmp/model_hf")  # fmt: skip
 
 
 def convert_main(config, args) -> int:
     """`agro-sql convert --in DIR --out DIR [--dtype bfloat16] [--max-shard-mb N]`: validates an HF Qwen checkpoint by
     importing it, re-exports it (optionally cast / re-sharded; tokenizer files copied along) and checks that the
-    export re-imports bit-exactly."""
+    export re-imports bit-exactly. `--gguf FILE --out DIR`: a GGUF file -> HF dir (gguf_io.convert_gguf), then loaded
+    once as a check."""
     from agro_jax.errors import MissingInputError
 
     a = args
+    if a.gguf:
+        from agro_jax.model.gguf_io import convert_gguf
+
+        out = convert_gguf(a.gguf, a.dst, dtype=a.dtype or "float32")
+        model, cfg = load_hf_checkpoint(out)
+        n = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+        print(f"convert: {cfg.family} {n:,} params, dtype {cfg.param_dtype}: {a.gguf} -> {out} (loads)")
+        return 0
     if not (pathlib.Path(a.src) / "config.json").is_file():
         what = "no such directory" if not pathlib.Path(a.src).is_dir() else "no config.json in it"
         raise MissingInputError(f"--in {a.src}: {what}; give an HF checkpoint dir (config.json + *.safetensors), "
