@@ -6,17 +6,116 @@ temporary directory and renames it only once all items are on disk, so a run kil
 included) leaves no step directory that `latest_step()` would pick; stale temporaries are cleaned up on start.
 
 Layout: <dir>/<step>/{state, meta}/ with state = {params, opt_state, rng} and meta = JSON {step, data_state}.
+
+Damaged steps (a truncated or overwritten array file, an emptied _METADATA, ...): restoring the latest step (resume,
+`load_params` for eval and init_from) falls back to the newest intact one, with one warning line per damaged step
+naming the file; an explicitly requested damaged step, or no intact step at all, is one DamagedCheckpoint line.
+tensorstore's late "Event loop is closed" callbacks and orbax's absl warnings about the damaged step are silenced.
+A resumed run moves a damaged step aside (<step>.damaged) so its own next save of that step number can land.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import logging
 import pathlib
+import re
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+_LOCAL_FILE_RE = re.compile(r'local file "([^"]+)"')
+_STATUS_RE = re.compile(r"\b([A-Z][A-Z_]{3,})\b")  # tensorstore/absl status codes: DATA_LOSS, OUT_OF_RANGE, ...
+_JSON_FILES = ("state/_METADATA", "state/_sharding", "state/_CHECKPOINT_METADATA", "meta/metadata")
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint step (or every step) whose files cannot be read back; str() is one line naming the file."""
+
+
+def _damage(step_dir: pathlib.Path, exc: BaseException) -> str | None:
+    """One line: which file of `step_dir` is damaged and how; None if `exc` is not damage (e.g. a tree mismatch)."""
+    if not (step_dir / "state" / "_METADATA").is_file():
+        return f"{step_dir / 'state' / '_METADATA'}: missing"
+    for f in [step_dir / n for n in _JSON_FILES] + sorted(step_dir.glob("state/array_metadatas/*")):
+        if f.is_file():
+            try:
+                json.loads(f.read_bytes())
+            except ValueError:
+                return f"{f}: not valid JSON ({f.stat().st_size} bytes)"
+    text = str(exc)
+    files = _LOCAL_FILE_RE.findall(text)
+    if files:
+        code = _STATUS_RE.search(text)
+        return f"{files[-1]}: unreadable ({code.group(1) if code else type(exc).__name__})"
+    if isinstance(exc, (OSError, EOFError)) or "metadata" in text.lower():
+        return f"{step_dir}: {type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    return None
+
+
+def _quiet_unraisable(hook):
+    def filtered(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return  # tensorstore reads completing after orbax closed its event loop on a failed restore
+        hook(unraisable)
+
+    filtered.agro_quiet = True
+    return filtered
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences what a failed restore of a damaged step sprays: asyncio tracebacks (late callbacks, through
+    sys.unraisablehook, possibly after we return: that filter stays) and absl warnings about missing metadata."""
+    if not getattr(sys.unraisablehook, "agro_quiet", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def _steps(directory: pathlib.Path, step: int | None) -> list[int]:
+    """Steps to try, newest first: [step] if given, else every complete step dir."""
+    if step is not None:
+        return [int(step)]
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    return sorted(steps, reverse=True)
+
+
+def first_intact(directory, steps: list[int], read, *, explicit: bool):
+    """(step, read(step), damaged steps skipped) for the first step of `steps` that reads back; one warning line per
+    damaged step skipped. explicit: a single requested step, whose damage is an error instead of a fallback."""
+    directory, damaged = pathlib.Path(directory), []
+    for step in steps:
+        try:
+            with _quiet():
+                value = read(step)
+        except Exception as e:  # noqa: BLE001 -- classified by _damage; anything else is re-raised
+            why = _damage(directory / str(step), e)
+            if why is None:
+                raise
+            if explicit:
+                raise DamagedCheckpoint(f"checkpoint step {step} is damaged: {why}") from None
+            damaged.append((step, why))
+            continue
+        for bad, why in damaged:
+            log.warning("checkpoint step %d is damaged (%s); using step %d instead", bad, why, step)
+        return step, value, [bad for bad, _ in damaged]
+    listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
+    raise DamagedCheckpoint(f"no intact checkpoint in {directory} ({listing})")
 
 
 def _encode_data_state(state):
@@ -60,15 +159,24 @@ class Checkpointer:
         return self._mgr.save(int(step), args=args, force=force)
 
     def restore(self, step: int | None = None, *, params, opt_state, rng_key):
-        """Restores onto the structure/shardings of the given live targets. Returns (params, opt_state, rng, meta)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Restores onto the structure/shardings of the given live targets. Returns (params, opt_state, rng, meta).
+
+        step None: the newest intact step (damaged newer ones are skipped with a warning and moved aside)."""
+        explicit = step is not None
+        steps = [int(step)] if explicit else sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {self.dir}")
         target = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(rng_key)}
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        out = self._mgr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        _, out, damaged = first_intact(self.dir, steps, lambda s: self._mgr.restore(s, args=args), explicit=explicit)
+        for bad in damaged:  # the resumed run saves these step numbers again
+            aside = self.dir / f"{bad}.damaged"
+            while aside.exists():
+                aside = aside.with_name(aside.name + "_")
+            (self.dir / str(bad)).rename(aside)
+        if damaged:
+            self._mgr.reload()
         st, meta = out["state"], dict(out["meta"])
         rng = jax.random.wrap_key_data(jnp.asarray(np.asarray(st["rng"])), impl=jax.random.key_impl(rng_key))
         meta["data_state"] = _decode_data_state(meta.get("data_state"))
@@ -107,18 +215,29 @@ def _restore_numpy(path):
     return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
+def _restore_params_numpy(path):
+    """The params subtree of a saved state as host numpy arrays; the optimizer state and RNG are not read."""
+    from etils import epath
+
+    handler, path = ocp.PyTreeCheckpointHandler(), epath.Path(path)
+    try:
+        params = handler.metadata(path).tree["params"]
+        restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params)}
+        args = ocp.args.PyTreeRestore(item={"params": params}, restore_args=restore_args, partial_restore=True)
+        return handler.restore(path, args=args)["params"]
+    finally:
+        handler.close()
+
+
 def load_params(directory, params, step: int | None = None):
     """Params only, from a Checkpointer directory (e.g. the SFT stage's), placed like the live `params` tree.
 
-    Used for `init_from`: a new stage starts from another stage's weights with a fresh optimizer.
+    Used for `init_from` (a new stage starts from another stage's weights with a fresh optimizer) and evaluation;
+    the optimizer state is never read. step None: the newest intact step (see the module doc).
     """
     directory = pathlib.Path(directory).absolute()
-    if step is None:
-        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir())
-        if not steps:
-            raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        step = steps[-1]
-    raw = _restore_numpy(directory / str(step) / "state")["params"]
+    read = lambda s: _restore_params_numpy(directory / str(s) / "state")  # noqa: E731
+    step, raw, _ = first_intact(directory, _steps(directory, step), read, explicit=step is not None)
     by_path = {_path_key(p): v for p, v in jax.tree_util.tree_leaves_with_path(raw)}
 
     def pick(path, live):
@@ -131,3 +250,4 @@ def load_params(directory, params, step: int | None = None):
         return jax.device_put(value.astype(live.dtype), live.sharding)
 
     return jax.tree_util.tree_map_with_path(pick, params)
+
