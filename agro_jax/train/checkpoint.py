@@ -95,9 +95,10 @@ def _steps(directory: pathlib.Path, step: int | None) -> list[int]:
     return sorted(steps, reverse=True)
 
 
-def first_intact(directory, steps: list[int], read, *, explicit: bool):
+def first_intact(directory, steps: list[int], read, *, explicit: bool, warn: bool = True):
     """(step, read(step), damaged steps skipped) for the first step of `steps` that reads back; one warning line per
-    damaged step skipped. explicit: a single requested step, whose damage is an error instead of a fallback."""
+    damaged step skipped (warn=False: the caller's next read reports them). explicit: a single requested step, whose
+    damage is an error instead of a fallback."""
     directory, damaged = pathlib.Path(directory), []
     for step in steps:
         try:
@@ -111,7 +112,7 @@ def first_intact(directory, steps: list[int], read, *, explicit: bool):
                 raise DamagedCheckpoint(f"checkpoint step {step} is damaged: {why}") from None
             damaged.append((step, why))
             continue
-        for bad, why in damaged:
+        for bad, why in damaged if warn else ():
             log.warning("checkpoint step %d is damaged (%s); using step %d instead", bad, why, step)
         return step, value, [bad for bad, _ in damaged]
     listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
