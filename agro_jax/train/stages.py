@@ -27,10 +27,12 @@ from agro_jax.train.loop import stage_dir, train_loop
 def build_policy(config, vocab_size: int | None, init_from=None):
     """(mesh, model, model_cfg) with params sharded by config.mesh rules; weights from init_from if given."""
     from agro_jax.model.builder import build_model
+    from agro_jax.model.real_model import resolve_model_path
     from agro_jax.scale.sharding import make_mesh
 
     mesh = make_mesh(config.mesh)
-    init_from = pathlib.Path(init_from) if init_from else None
+    # a GGUF file (or the real model's cache dir) resolves to its converted HF dir; other paths are unchanged
+    init_from = resolve_model_path(init_from) if init_from else None
     if init_from is not None and (init_from / "config.json").is_file():
         # An HF dir (e.g. a previous stage's export): its architecture, but config.model's dtypes and remat, as
         # build_model does for model.hf_path (float32 master params over a bf16 checkpoint).
@@ -152,9 +154,11 @@ def resolve_tokenizer(config, workdir, tokenizer=None):
     """The tokenizer given, else config.tokenizer.path, else <workdir>/tokenizer (written by the pipeline)."""
     if tokenizer is not None:
         return tokenizer
+    from agro_jax.model.real_model import resolve_model_path
     from agro_jax.model.tokenizer import load_tokenizer
 
-    for path in (config.tokenizer.path, pathlib.Path(workdir) / "tokenizer"):
+    given = resolve_model_path(config.tokenizer.path) if config.tokenizer.path else ""  # a GGUF -> its HF dir
+    for path in (given, pathlib.Path(workdir) / "tokenizer"):
         if path and pathlib.Path(path).is_dir():
             return load_tokenizer(str(path))
     raise FileNotFoundError(
@@ -165,9 +169,10 @@ def resolve_tokenizer(config, workdir, tokenizer=None):
 def policy_tokenizer(config, checkpoint):
     """The tokenizer that goes with `checkpoint`: its own (HF export), else resolve_tokenizer's choice
     (config.tokenizer.path, else the `tokenizer/` of the run folder above it: <workdir>/<stage>/checkpoints/<step>)."""
+    from agro_jax.model.real_model import resolve_model_path
     from agro_jax.model.tokenizer import load_tokenizer
 
-    path = pathlib.Path(checkpoint).absolute()
+    path = resolve_model_path(checkpoint).absolute()
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         return load_tokenizer(str(path))
     run_dirs = [p for p in list(path.parents)[:4] if (p / "tokenizer" / "tokenizer.json").is_file()]
