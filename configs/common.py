@@ -36,3 +36,17 @@ def optim_config(lr: float, steps: int, warmup_steps: int = 0) -> ConfigDict:
             "grad_accum_steps": 1,
         }
     )
+
+
+def factory_model_keys() -> dict:
+    """config.factory keys of the model in the factory loop (data_factory/model_loop.py); the rules stay the default."""
+    return {
+        "checker": "rules",  # rules | model: who writes SQL from the question alone (generation-as-check)
+        "judge": "auto",  # auto | rules | model | none (auto: rules for model-written questions, none for the realizer)
+        "model_path": "",  # HF dir or GGUF file; "" = the real Qwen2.5-Coder-0.5B-Instruct (agro-sql get-model)
+        "model_batch_size": 8,  # prompts per sampler call
+        "model_temperature": 0.7,  # question writer (the checker and judge decode greedily)
+        "question_max_new_tokens": 64,
+        "sql_max_new_tokens": 128,
+        "verify_batch": 100,  # candidates per verification batch (one progress step, one saved state)
+    }

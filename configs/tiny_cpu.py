@@ -5,7 +5,7 @@ Run: agro-sql run --config configs/tiny_cpu.py
 
 from ml_collections import ConfigDict
 
-from configs.common import mesh_config, optim_config
+from configs.common import factory_model_keys, mesh_config, optim_config
 
 
 def get_config(arg=None):
@@ -58,7 +58,8 @@ def get_config(arg=None):
             "num_examples": 400,
             "heldout_fraction": 0.15,
             "heldout_by": "skeleton",  # skeleton | db | query: whole groups go to test (no leaked structures)
-            "question_generator": "rules",  # rules | model (model: pass a generate_fn via run_factory)
+            "question_generator": "rules",  # rules | model (the policy at factory.model_path writes questions)
+            **factory_model_keys(),
             "max_result_rows": 200,  # gold results with more rows are rejected (too_many_rows)
             "max_per_query": 1,  # examples kept per literal-masked query (same DB/tables/columns/structure)
             "oversample": 1.3,  # rounds stop once every difficulty bucket holds target * oversample

@@ -6,7 +6,8 @@ quoted literals); the first phrasing that matches and decodes against the schema
 `render_sql`. It never sees the gold spec, so a question that is ambiguous (e.g. omits which of two foreign keys to
 follow), mismatched with its SQL, or badly realized yields different SQL (or none) and fails the execution check.
 
-`ModelChecker(generate_fn)` does the same with a model (any `generate_fn(prompts) -> completions`).
+`ModelChecker(generate_fn)` does the same with a model (any `generate_fn(prompts) -> completions`): the prompt holds
+the schema and the question only, never the gold SQL.
 
     sqls = RuleChecker().to_sql(questions, contexts)   # contexts[i]: the DbContext of questions[i]; None = no parse
 """
@@ -63,6 +64,8 @@ def _literal(text: str):
 
 
 class RuleChecker:
+    name = "rules"
+
     def __init__(self):
         self._compiled: dict[str, list] = {}  # db_id -> [(template, regex, groups)]
 
@@ -146,29 +149,47 @@ def template_slot(template, name):
 CHECK_PROMPT = """Database schema:
 {schema}
 Question: {question}
-Write one SQLite query that answers the question, inside <answer>...</answer>."""
+Write one SQLite query that answers the question, using only the tables and columns of the schema.
+Answer with the query only, in a ```sql block."""
+_FENCED = re.compile(r"```(?:sql|sqlite)?[ \t]*\n?(.*?)(?:```|$)", re.S | re.I)
+_BARE = re.compile(r"^\s*(SELECT|WITH)\b", re.I)
+
+
+def extract_sql(text: str) -> str | None:
+    """The query in a completion: an agent-protocol `<answer>`/`<sql>` block, else the last ```sql fence (an
+    unclosed one runs to the end), else the text itself when it starts with SELECT/WITH; cut at the first `;`."""
+    from agro_jax.rollout.agent import parse_action
+
+    text = text or ""
+    action = parse_action(text)
+    if action.kind in ("sql", "answer"):
+        sql = action.sql
+    else:
+        blocks = [b.strip() for b in _FENCED.findall(text) if b.strip()]
+        sql = blocks[-1] if blocks else (text.strip() if _BARE.match(text) else None)
+    if sql is None:
+        return None
+    sql = sql.split(";")[0].strip()
+    return sql or None
 
 
 class ModelChecker:
-    """SQL from a model: `generate_fn(prompts) -> completions`; the query is read with the agent protocol's parser
-    (`<answer>` / `<sql>` tags, or the bare text)."""
+    """SQL from a model: `generate_fn(prompts) -> completions`, read with `extract_sql`."""
 
-    def __init__(self, generate_fn, schema_compact: bool = True):
-        self.generate_fn, self.schema_compact = generate_fn, schema_compact
+    name = "model"
+
+    def __init__(self, generate_fn, schema_compact: bool = True, sample_values: int = 1):
+        """sample_values 1: with Qwen's tokenizer the embedded DBs' prompts stay under the sampler's 256 bucket."""
+        self.generate_fn, self.schema_compact, self.sample_values = generate_fn, schema_compact, sample_values
 
     def to_sql(self, questions: list[str], contexts: list) -> list[str | None]:
-        from agro_jax.rollout.agent import clean_sql, parse_action
         from agro_jax.sql.schema import render_schema
 
         prompts = [
-            CHECK_PROMPT.format(schema=render_schema(ctx.schema, compact=self.schema_compact), question=q)
+            CHECK_PROMPT.format(schema=render_schema(ctx.schema, self.sample_values, self.schema_compact), question=q)
             for q, ctx in zip(questions, contexts, strict=True)
         ]
         texts = list(self.generate_fn(prompts))
         if len(texts) != len(prompts):
             raise ValueError(f"generate_fn returned {len(texts)} completions for {len(prompts)} prompts")
-        out = []
-        for t in texts:
-            action = parse_action(t or "")
-            out.append(action.sql if action.kind in ("sql", "answer") else clean_sql(t or ""))
-        return out
+        return [extract_sql(t) for t in texts]

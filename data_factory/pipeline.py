@@ -7,12 +7,16 @@ Output (<config.workdir>/factory/ unless --out):
     databases/<db_id>/<db_id>.sqlite   the embedded domain DBs (seeded); config.factory.extra_databases (globs)
                                        adds any other SQLite DBs, used in place
     examples.jsonl                     the selected examples (both splits, `split` field)
-    summary.json, summary.md           counts, rejection reasons, histograms, skeleton stats, timings
+    summary.json, summary.md           counts, rejection reasons, histograms, skeleton stats, timings, who wrote and
+                                       who verified the examples, yield per check cycle, question diversity
+    verification.jsonl                 every candidate that was verified: attempts (question, writer, judge flag,
+                                       checker SQL, outcome), status, reason, verified_by, selected/split
+    state/factory.json                 the round loop's state after each batch: a killed run resumes (--restart: not)
     tfds/agro_sql/1.0.0/               the TFDS ArrayRecord dataset (splits train/test) -> config.data.data_dir
 
-Rounds: each round sizes its per-template weights by how far each difficulty bucket is below its target (times
-`oversample`) and boosts templates whose candidates were hard in the previous round (rejected by the check, or
-needing more than one check cycle), so later rounds re-synthesize exactly the under-filled and hard cases.
+Rounds (rounds.py) re-synthesize the under-filled and hard cases. The rule realizer + RuleChecker are the fast
+default; `--config.factory.question_generator=model --config.factory.checker=model` puts the policy at
+factory.model_path (HF dir or GGUF; "" = the real Qwen2.5-Coder-0.5B-Instruct) in the loop (model_loop.py).
 """
 
 from __future__ import annotations
@@ -20,38 +24,23 @@ from __future__ import annotations
 import collections
 import glob
 import json
-import math
 import os
-import random
 import time
-
-from tqdm import tqdm
 
 from data_factory import diversity
 from data_factory.checker import RuleChecker
 from data_factory.databases import build_databases
+from data_factory.model_loop import components
+from data_factory.question_stats import question_diversity
+from data_factory.rounds import run_rounds
 from data_factory.synth_question import RuleQuestionGenerator
-from data_factory.synth_sql import LEVELS, DbContext, synthesize
-from data_factory.templates import TEMPLATES
+from data_factory.synth_sql import LEVELS, DbContext
 from data_factory.tfds_builder import FIELDS, build_dataset
 from data_factory.verify import Verifier
-
-_BATCH = 100  # candidates per verification batch (one progress-bar tick)
 
 
 def _get(cfg, key, default):
     return cfg[key] if key in cfg else default
-
-
-def _weights(pool, target_counts, oversample, hard_rate):
-    have = collections.Counter(c.difficulty for c in pool)
-    deficit = {lv: max(0.0, math.ceil(target_counts.get(lv, 0) * oversample) - have[lv]) for lv in LEVELS}
-    if not any(deficit.values()):
-        return None
-    per_level = collections.Counter(t.level for t in TEMPLATES)
-    return {
-        t.name: deficit[t.level] / per_level[t.level] * (1.0 + hard_rate.get(t.name, 0.0)) + 1e-3 for t in TEMPLATES
-    }
 
 
 def to_record(c, schema_text: str, split: str) -> dict:
@@ -62,8 +51,11 @@ def to_record(c, schema_text: str, split: str) -> dict:
     return {k: str(rec[k]) for k in FIELDS}
 
 
-def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=None, checker=None, log=print):
-    """Runs the factory with config.factory `fcfg` and an open Executor; returns (records, summary)."""
+def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=None, checker=None, judge=None,
+                log=print, restart: bool = False):  # fmt: skip
+    """Runs the factory with config.factory `fcfg` and an open Executor; returns (records, summary). Components not
+    given come from fcfg (model_loop.components: rules by default, the model when question_generator / checker /
+    judge say so). Resumes from <out_dir>/state unless restart; writes <out_dir>/verification.jsonl."""
     from agro_jax.sql.schema import render_schema
 
     t_start = time.perf_counter()
@@ -74,45 +66,22 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
     if not paths:
         raise ValueError("config.factory.databases and extra_databases select no database")
     contexts = {name: DbContext(path) for name, path in paths.items()}
-    names = tuple(contexts)
-    qgen = question_generator or RuleQuestionGenerator(seed)
+    policy = None
+    if question_generator is None and checker is None and judge is None:
+        question_generator, checker, judge, policy = components(fcfg, seed, log)
+    qgen, checker = question_generator or RuleQuestionGenerator(seed), checker or RuleChecker()
     verifier = Verifier(
-        executor, checker or RuleChecker(), qgen, contexts,
+        executor, checker, qgen, contexts, judge=judge,
         max_check_cycles=int(_get(fcfg, "max_check_cycles", 3)), max_rows=int(_get(fcfg, "max_result_rows", 200)),
     )  # fmt: skip
+    names = {k: getattr(v, "name", type(v).__name__) if v is not None else "none"
+             for k, v in (("question_generator", qgen), ("checker", checker), ("judge", judge))}  # fmt: skip
+    if policy is not None:
+        names["model_path"] = str(_get(fcfg, "model_path", "")) or "real model"
+    st = run_rounds(fcfg, contexts, verifier, seed, os.path.join(out_dir, "state", "factory.json"), names, log,
+                    restart=restart)  # fmt: skip
+    pool, reasons, rounds = st["pool"], collections.Counter(st["reasons"]), st["rounds"]
     mix, n_target = dict(fcfg.target_mix), int(fcfg.num_examples)
-    targets = diversity.target_counts(mix, n_target)
-    rng = random.Random(seed)
-    pool, reasons, rounds, hard_rate = [], collections.Counter(), [], {}
-    for r in range(int(fcfg.rounds)):
-        weights = _weights(pool, targets, float(_get(fcfg, "oversample", 1.3)), hard_rate)
-        if weights is None:
-            log(f"[factory] round {r}: every difficulty bucket is full; stopping early")
-            break
-        per_db = max(1, int(fcfg.candidates_per_round) // len(contexts))
-        cands = [c for name in names for c in synthesize(contexts[name], per_db, rng, weights)]
-        known = {(c.db_id, c.sql) for c in pool}
-        fresh = [c for c in cands if (c.db_id, c.sql) not in known]
-        fresh, _ = diversity.dedup(fresh, max_per_query=10**9)  # exact duplicates inside the round
-        accepted, round_reasons = [], collections.Counter()
-        for i in tqdm(range(0, len(fresh), _BATCH), desc=f"factory round {r + 1}/{fcfg.rounds}", unit="batch"):
-            acc, counts = verifier.verify(fresh[i : i + _BATCH])
-            accepted += acc
-            round_reasons.update(counts)
-        # Hard cases: rejected by the generation-as-check or accepted only after regeneration.
-        acc_ids = {id(c) for c in accepted}
-        hard, total = collections.Counter(), collections.Counter(c.template for c in fresh)
-        for c in fresh:
-            if (id(c) in acc_ids and c.cycles > 1) or (id(c) not in acc_ids and c.cycles >= 1):
-                hard[c.template] += 1
-        hard_rate = {t: hard[t] / total[t] for t in total}
-        before = len(pool)
-        pool, dropped = diversity.dedup(pool + accepted, int(_get(fcfg, "max_per_query", 1)))
-        reasons.update(round_reasons)
-        reasons["duplicate"] += dropped + (len(cands) - len(fresh))
-        rounds.append(dict(round=r + 1, candidates=len(cands), verified=len(accepted), new_in_pool=len(pool) - before,
-                           rejected=dict(round_reasons), pool_histogram=diversity.histogram(pool)))  # fmt: skip
-        log(f"[factory] round {r + 1}: {len(cands)} candidates, {len(accepted)} verified, pool {len(pool)}")
     selected = diversity.sample_mix(pool, mix, n_target, seed)
     train, test = diversity.split_heldout(
         selected, float(fcfg.heldout_fraction), str(_get(fcfg, "heldout_by", "skeleton")), seed
@@ -134,8 +103,43 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
         **diversity.skeleton_stats(selected, pool),
         leaked_test_skeletons=len({c.skeleton for c in test} & {c.skeleton for c in train}),
         seconds=round(time.perf_counter() - t_start, 2),
+        **_verification_stats(st, train, test, names, policy, out_dir),
     )  # fmt: skip
     return records, summary
+
+
+def _verification_stats(st, train, test, names, policy, out_dir) -> dict:
+    """Who wrote and who verified the selected examples, yield per check cycle, question diversity, model use, run
+    time over all (resumed) runs; writes the audit of every verified candidate to <out_dir>/verification.jsonl."""
+    split_of = {(c.db_id, c.sql): s for s, part in (("train", train), ("test", test)) for c in part}
+    last_accept = {(a["db_id"], a["sql"]): a for a in st["audit"] if a["status"] == "accepted"}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "verification.jsonl"), "w") as f:
+        for a in st["audit"]:
+            key = (a["db_id"], a["sql"])
+            selected = key in split_of and last_accept.get(key) is a
+            f.write(json.dumps(dict(a, selected=selected, split=split_of[key] if selected else ""), default=str) + "\n")
+    chosen = [last_accept[k] for k in split_of if k in last_accept]
+    checked = [a for a in st["audit"] if a["attempts"]]  # passed the execution checks, reached the check cycles
+    by_cycle = collections.Counter()
+    for x in st["rounds"]:
+        by_cycle.update({int(k): v for k, v in x["accepted_by_cycle"].items()})
+    cum, yield_by_cycle = 0, {}
+    for k in sorted(by_cycle):
+        cum += by_cycle[k]
+        yield_by_cycle[str(k)] = round(cum / max(len(checked), 1), 4)
+    seconds_total = st["seconds"]
+    cands = sum(x["checked"] for x in st["rounds"])
+    return dict(
+        components=names, checked=len(checked), accepted_by_cycle={str(k): by_cycle[k] for k in sorted(by_cycle)},
+        yield_by_cycle=yield_by_cycle,
+        verified_by=dict(collections.Counter(a["verified_by"] for a in chosen)),
+        question_by=dict(collections.Counter(a["attempts"][-1]["by"] for a in chosen)),
+        question_diversity=question_diversity([c.question for part in (train, test) for c in part]),
+        model=dict(policy.stats, seconds=round(policy.stats["seconds"], 2)) if policy is not None else None,
+        runs=st["runs"], seconds_total=round(seconds_total, 2),
+        candidates_per_s=round(cands / seconds_total, 3) if seconds_total else None,
+    )  # fmt: skip
 
 
 def summary_markdown(s: dict) -> str:
@@ -147,7 +151,14 @@ def summary_markdown(s: dict) -> str:
         f"- candidates {s['candidates']}, verified {s['verified']}, pool after dedup {s['pool']}",
         f"- distinct skeletons {s['distinct_skeletons']} (ratio {s['distinct_skeleton_ratio']}), skeleton "
         f"coverage {s['skeleton_coverage']} of {s['pool_distinct_skeletons']}; mix error {s['mix_error']}",
-        f"- time {s['seconds']} s",
+        f"- time {s['seconds']} s (all runs: {s.get('seconds_total')} s over {s.get('runs')} run(s), "
+        f"{s.get('candidates_per_s')} candidates/s)",
+        f"- question writer {s['components']['question_generator']}, checker {s['components']['checker']}, judge "
+        f"{s['components']['judge']}; selected examples verified by {s['verified_by']}, questions by "
+        f"{s['question_by']}",
+        f"- check cycles: reached {s['checked']}, accepted per cycle {s['accepted_by_cycle']}, cumulative yield "
+        f"{s['yield_by_cycle']}",
+        "- question diversity: " + ", ".join(f"{k} {v}" for k, v in s["question_diversity"].items()),
         "",
         "| difficulty | selected | target | pool |",
         "|---|---|---|---|",
@@ -158,8 +169,9 @@ def summary_markdown(s: dict) -> str:
         lines.append(f"| {lv} | {sel.get(lv, 0)} | {tgt:.0%} | {pool.get(lv, 0)} |")
     lines += ["", "| rejection reason | count |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["rejection_reasons"].items()]
-    lines += ["", "| round | candidates | verified | new in pool |", "|---|---|---|---|"]
-    lines += [f"| {x['round']} | {x['candidates']} | {x['verified']} | {x['new_in_pool']} |" for x in s["rounds"]]
+    lines += ["", "| round | candidates | verified | new in pool | seconds | candidates/s |", "|" + "---|" * 6]
+    lines += [f"| {x['round']} | {x['candidates']} | {x['verified']} | {x['new_in_pool']} | {x['seconds']} | "
+              f"{x['candidates_per_s']} |" for x in s["rounds"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +192,7 @@ def factory_arguments(p) -> None:
     p.add_argument("--num-examples", type=int, default=None, help="examples to select (default config.factory)")
     p.add_argument("--rounds", type=int, default=None, help="synthesis rounds (default config.factory)")
     p.add_argument("--no-tfds", action="store_true", help="skip the TFDS build (examples.jsonl + summary only)")
+    p.add_argument("--restart", action="store_true", help="ignore <out>/state (default: a killed run resumes)")
     p.epilog = "example:\n  agro-sql factory --config configs/tiny_cpu.py --workdir runs/tiny_cpu --num-examples 200"
 
 
@@ -193,14 +206,9 @@ def factory_main(config, args) -> int:
         fcfg.num_examples = a.num_examples
     if a.rounds is not None:
         fcfg.rounds = a.rounds
-    if str(_get(fcfg, "question_generator", "rules")) != "rules":
-        raise SystemExit(
-            "config.factory.question_generator='model' needs a generate_fn: from Python, pass "
-            "question_generator=ModelQuestionGenerator(fn) (and checker=ModelChecker(fn)) to run_factory"
-        )
     out = a.out or os.path.join(str(config.workdir), "factory")
     with Executor.from_config(config.executor) as ex:
-        records, summary = run_factory(fcfg, ex, out, seed=int(config.seed))
+        records, summary = run_factory(fcfg, ex, out, seed=int(config.seed), restart=a.restart)
     path = write_outputs(records, summary, out, build_tfds=not a.no_tfds)
     print(summary_markdown(summary))
     print(f"[factory] wrote {out}/examples.jsonl, summary.json, summary.md" + (f"; TFDS at {path}" if path else ""))

@@ -9,8 +9,9 @@ same patterns backwards.
     gen = RuleQuestionGenerator(seed=0)
     questions = gen.generate(candidates, contexts, attempt=0)   # contexts: {db_id: DbContext}
 
-`ModelQuestionGenerator(generate_fn)` asks the project's own policy (any `generate_fn(prompts) -> texts`, e.g. a
-closure over agro_jax.rollout.loop's sampler) to write the question; empty answers fall back to the rule realizer.
+`ModelQuestionGenerator(generate_fn)` asks a model (any `generate_fn(prompts) -> texts`, e.g.
+data_factory.model_loop.Policy over the project's sampler) to write the question from the SQL and schema, in one of
+several STYLES, and to rewrite it from the feedback of a failed check; empty answers fall back to the rule realizer.
 """
 
 from __future__ import annotations
@@ -161,16 +162,26 @@ def realize(template, slots: dict, lex: Lexicon, style: int, rng: random.Random)
 
 
 class QuestionGenerator(Protocol):
-    def generate(self, candidates: list, contexts: dict, attempt: int) -> list[str]: ...
+    """`generate` sets each candidate's style; `feedback[i]` (or None) says what went wrong with candidates[i]'s
+    current question in the last check cycle. `from_sql`: can write a question for a candidate without a spec."""
+
+    name: str
+    from_sql: bool
+
+    def generate(self, candidates: list, contexts: dict, attempt: int, feedback: list | None = None) -> list[str]: ...
 
 
 class RuleQuestionGenerator:
-    """Deterministic: the style is a hash of the SQL plus the attempt number, word choices are seeded likewise."""
+    """Deterministic: the style is a hash of the SQL plus the attempt number, word choices are seeded likewise.
+    Feedback is ignored: regeneration moves to the next phrasing."""
+
+    name = "rules"
+    from_sql = False
 
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def generate(self, candidates: list, contexts: dict, attempt: int = 0) -> list[str]:
+    def generate(self, candidates: list, contexts: dict, attempt: int = 0, feedback: list | None = None) -> list[str]:
         from data_factory.templates import BY_NAME
 
         out = []
@@ -182,33 +193,98 @@ class RuleQuestionGenerator:
         return out
 
 
-QUESTION_PROMPT = """Write one natural-language question that the SQL query below answers exactly.
-Database schema:
+QUESTION_PROMPT = """Database tables:
 {schema}
 SQL: {sql}
-Question:"""
+Write one question in plain English that this SQL query answers exactly. Say every condition, grouping, ordering
+and limit of the query in words; no SQL and no table.column names. {style}
+Answer with the question only."""
+# Feedback after a failed check cycle: what a reader made of the previous question (see verify.py).
+FEEDBACK_PROMPT = """
+Your previous question was: "{question}"
+{problem}
+Write a new question that fixes this."""
+# Several registers, so model-written questions do not all share one shape; attempt k of a candidate uses style
+# (hash(sql) + k) mod len(STYLES), so a regenerated question also changes register.
+STYLES = (
+    ("plain", "Ask it as a plain, direct question."),
+    ("request", "Phrase it as a request that starts with a verb such as Show, List, Find or Give."),
+    ("casual", "Phrase it casually and briefly, as a busy analyst would type it."),
+    ("precise", "Phrase it formally and precisely."),
+)
+_LEAD = re.compile(r"^(?:\*\*)?(?:question|q|new question|rewritten question)\s*[:\-]\s*(?:\*\*)?\s*", re.I)
+
+
+def sql_tables(schema, sql: str):
+    """The schema restricted to the tables `sql` reads (the whole schema if it names none of them or fails to parse)."""
+    import dataclasses
+
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        used = {t.name.lower() for t in sqlglot.parse_one(sql, read="sqlite").find_all(exp.Table)}
+    except sqlglot.errors.ParseError:
+        return schema
+    tables = tuple(t for t in schema.tables if t.name.lower() in used)
+    if not tables:
+        return schema
+    names = {t.name for t in tables}
+    fks = tuple(f for f in schema.foreign_keys if f.table in names and f.ref_table in names)
+    return dataclasses.replace(schema, tables=tables, foreign_keys=fks)
+
+
+def first_question(text: str) -> str:
+    """The question in a completion: its first non-empty line without a 'Question:' label, quotes or markdown."""
+    for line in (text or "").splitlines():
+        line = _LEAD.sub("", line.strip()).strip().strip("*").strip()
+        if len(line) >= 2 and line[0] == line[-1] and line[0] in "\"'`":
+            line = line[1:-1].strip()
+        if line:
+            return line
+    return ""
 
 
 class ModelQuestionGenerator:
-    """Questions from a model: `generate_fn(prompts) -> completions`. The first non-empty line of each completion
-    is the question; empty ones fall back to `fallback` (the rule realizer by default)."""
+    """Questions from a model: `generate_fn(prompts) -> completions`, one prompt per candidate (schema, SQL, a style
+    from STYLES, and on regeneration the previous question with what went wrong). The first non-empty line of each
+    completion is the question; empty ones fall back to `fallback` (the rule realizer by default, which needs a
+    template spec; without one the question stays empty and the check rejects it). `last_by[i]` says who wrote the
+    i-th question of the last call ("model" or "rules")."""
 
-    def __init__(self, generate_fn, fallback: QuestionGenerator | None = None, schema_compact: bool = True):
-        self.generate_fn, self.fallback = generate_fn, fallback or RuleQuestionGenerator()
-        self.schema_compact = schema_compact
+    name = "model"
+    from_sql = True  # writes from the SQL alone, so imported examples without a spec can be regenerated too
 
-    def generate(self, candidates: list, contexts: dict, attempt: int = 0) -> list[str]:
+    def __init__(self, generate_fn, fallback: QuestionGenerator | None = None, schema_compact: bool = True,
+                 seed: int = 0, sample_values: int = 2):  # fmt: skip
+        self.generate_fn, self.fallback = generate_fn, fallback or RuleQuestionGenerator(seed)
+        self.schema_compact, self.seed, self.sample_values = schema_compact, seed, sample_values
+        self.last_by: list[str] = []
+
+    def prompt(self, c, contexts: dict, attempt: int, feedback: str | None = None) -> str:
+        """Only the tables the SQL reads are shown: they are all the writer needs, and the prompt stays short (with
+        Qwen's tokenizer the first prompt of an embedded-DB query fits the sampler's 256-token bucket)."""
         from agro_jax.sql.schema import render_schema
 
-        schema = lambda c: render_schema(contexts[c.db_id].schema, compact=self.schema_compact)
-        prompts = [QUESTION_PROMPT.format(schema=schema(c), sql=c.sql) for c in candidates]
+        c.style = zlib.crc32(f"{self.seed}:{c.sql}".encode()) + attempt
+        style = STYLES[c.style % len(STYLES)][1]
+        schema = render_schema(sql_tables(contexts[c.db_id].schema, c.sql), self.sample_values, self.schema_compact)
+        text = QUESTION_PROMPT.format(schema=schema, sql=c.sql, style=style)
+        if feedback:
+            text += FEEDBACK_PROMPT.format(question=c.question, problem=feedback.strip())
+        return text
+
+    def generate(self, candidates: list, contexts: dict, attempt: int = 0, feedback: list | None = None) -> list[str]:
+        feedback = feedback or [None] * len(candidates)
+        prompts = [self.prompt(c, contexts, attempt, f) for c, f in zip(candidates, feedback, strict=True)]
         texts = list(self.generate_fn(prompts))
         if len(texts) != len(prompts):
             raise ValueError(f"generate_fn returned {len(texts)} completions for {len(prompts)} prompts")
-        out = [next((ln.strip().strip('"') for ln in (t or "").splitlines() if ln.strip()), "") for t in texts]
-        missing = [i for i, q in enumerate(out) if not q]
+        out = [first_question(t) for t in texts]
+        self.last_by = ["model" if q else "none" for q in out]
+        missing = [i for i, q in enumerate(out) if not q and candidates[i].template]
         if missing:
             fb = self.fallback.generate([candidates[i] for i in missing], contexts, attempt)
             for i, q in zip(missing, fb):
-                out[i] = q
+                out[i], self.last_by[i] = q, "rules"
         return out

@@ -7,8 +7,11 @@ For each candidate (SQL + question, on its DB):
 3. ties at a LIMIT: the query re-run with all output columns appended to its ORDER BY ascending vs descending must
    return the same rows, else the "top k" is not determined by the question ("ambiguous_limit").
 4. generation-as-check: a checker (RuleChecker by default, or a model) writes SQL from the question alone; it must
-   match the gold by execution (`compare`, "bird" mode). On a mismatch the question is regenerated (next phrasing)
-   and checked again, up to `max_check_cycles` cycles; then the candidate is dropped.
+   match the gold by execution (`compare`, "bird" mode). An optional judge first screens the question (SQL leaked
+   verbatim, a column the schema lacks). On a failure the question is regenerated (the rule realizer: next phrasing;
+   a model: from the SQL plus feedback saying what went wrong, with the executor's observation of the checker's SQL
+   and of the gold SQL) and checked again, up to `max_check_cycles` cycles; then the candidate is dropped with the
+   last cycle's reason.
 
     v = Verifier(executor, RuleChecker(), RuleQuestionGenerator(), contexts, max_check_cycles=3)
     accepted, reasons = v.verify(candidates)     # reasons: Counter of rejection reasons
@@ -33,7 +36,11 @@ REASONS = (
     "null_result",
     "too_many_rows",
     "ambiguous_limit",
+    "question_empty",
+    "judge_sql_leak",
+    "judge_unknown_column",
     "check_unparseable",
+    "check_error",
     "check_mismatch",
 )
 _NOW = ("'now'", "current_timestamp", "current_date", "current_time")
@@ -88,7 +95,28 @@ def tie_variants(sql: str, num_columns: int) -> tuple[str, str] | None:
     return out[0], out[1]
 
 
+def _feedback(reason: str, detail: str = "", pred: str | None = None, obs: str = "", gold_obs: str = "") -> str:
+    """What the question writer is told about its last question (the executor's observations of both queries)."""
+    reader = "A reader who saw only the schema and your question"
+    if reason == "question_empty":
+        return "It was empty."
+    if reason == "judge_sql_leak":
+        return f"It was rejected because it copies SQL text ({detail}); say everything in plain words."
+    if reason == "judge_unknown_column":
+        return f"It was rejected because it names {detail}, which is not a column of the schema."
+    if reason == "check_unparseable":
+        return f"{reader} could not write any SQL for it."
+    if reason == "check_error":
+        return f"{reader} wrote:\n{pred}\nwhich failed: {obs}"
+    return f"{reader} wrote:\n{pred}\nwhich returned:\n{obs}\nbut the SQL query above returns:\n{gold_obs}"
+
+
 class Verifier:
+    """Steps 1-4 over a batch. `judge` (optional, e.g. judge.RuleJudge) screens each question before the check; a
+    flagged question fails its cycle. On a failed cycle the question generator gets `feedback` (see _feedback) and
+    writes the next question. After `verify`, `self.audit[i]` records candidate i's attempts (question, who wrote
+    it, judge flag, the checker's SQL, outcome), its final status and reason, and which checker verified it."""
+
     def __init__(
         self,
         executor,
@@ -99,10 +127,12 @@ class Verifier:
         max_rows: int = 200,
         allow_empty: bool = False,
         compare_mode: str = "bird",
+        judge=None,
     ):
         self.executor, self.checker, self.qgen, self.contexts = executor, checker, question_generator, contexts
         self.max_check_cycles, self.max_rows = max(1, int(max_check_cycles)), int(max_rows)
-        self.allow_empty, self.compare_mode = allow_empty, compare_mode
+        self.allow_empty, self.compare_mode, self.judge = allow_empty, compare_mode, judge
+        self.audit: list[dict] = []
 
     def _run(self, pairs):  # [(db_path, sql)] -> [Result]
         return self.executor.run_many([Query(p, s, max_rows=self.max_rows) for p, s in pairs]) if pairs else []
@@ -138,49 +168,74 @@ class Verifier:
                 reasons[i] = "ambiguous_limit"
         return reasons, gold
 
+    def _write(self, idx: list[int], cands: list, attempt: int, feedback: list | None, audit: list[dict]):
+        if not idx:
+            return
+        qs = self.qgen.generate([cands[i] for i in idx], self.contexts, attempt, feedback=feedback)
+        by = list(getattr(self.qgen, "last_by", None) or []) or [getattr(self.qgen, "name", "custom")] * len(idx)
+        for i, q, b in zip(idx, qs, by, strict=True):
+            cands[i].question = q
+            audit[i]["attempts"].append(dict(cycle=attempt + 1, question=q, by=b, style=cands[i].style))
+
     def verify(self, cands: list) -> tuple[list, collections.Counter]:
         """Returns (accepted candidates with question/cycles set, Counter of rejection reasons)."""
+        from agro_jax.rollout.agent import format_observation
+
         counts: collections.Counter = collections.Counter()
         reasons, gold = self.execution_reasons(cands)
-        pending = []
-        for i, r in enumerate(reasons):
-            if r is None:
-                pending.append(i)
-            else:
-                counts[r] += 1
-        missing = [i for i in pending if not cands[i].question]
-        if missing:
-            qs = self.qgen.generate([cands[i] for i in missing], self.contexts, 0)
-            for i, q in zip(missing, qs):
-                cands[i].question = q
+        audit = [dict(db_id=c.db_id, sql=c.sql, template=c.template, difficulty=c.difficulty, status="rejected",
+                      reason=r, verified_by=None, attempts=[]) for c, r in zip(cands, reasons)]  # fmt: skip
+        self.audit = audit
+        pending = [i for i, r in enumerate(reasons) if r is None]
+        counts.update(r for r in reasons if r is not None)
+        for i in pending:
+            if cands[i].question:
+                audit[i]["attempts"].append(dict(cycle=1, question=cands[i].question, by="given", style=cands[i].style))
+        self._write([i for i in pending if not cands[i].question], cands, 0, None, audit)
         accepted = []
-        last_reason: dict[int, str] = {}
+        checker_name = getattr(self.checker, "name", type(self.checker).__name__)
         for cycle in range(self.max_check_cycles):
             if not pending:
                 break
-            ctxs = [self.contexts[cands[i].db_id] for i in pending]
-            preds = self.checker.to_sql([cands[i].question for i in pending], ctxs)
-            run = [(k, i) for k, i in enumerate(pending) if preds[k] is not None and preds[k] != cands[i].sql]
-            results = dict(zip((k for k, _ in run), self._run([(cands[i].db_path, preds[k]) for k, i in run])))
-            failed = []
-            for k, i in enumerate(pending):
-                c = cands[i]
-                c.cycles = cycle + 1
-                if preds[k] is None:
-                    last_reason[i] = "check_unparseable"
-                elif preds[k] == c.sql or compare(results[k], gold[i], self.compare_mode, c.sql):
+            fail: dict[int, tuple[str, str]] = {}  # i -> (reason, feedback)
+            for i in pending:
+                cands[i].cycles = cycle + 1
+                if not cands[i].question.strip():
+                    fail[i] = ("question_empty", _feedback("question_empty"))
+            qs = lambda idx: [cands[i].question for i in idx]  # noqa: E731
+            ctxs = lambda idx: [self.contexts[cands[i].db_id] for i in idx]  # noqa: E731
+            todo = [i for i in pending if i not in fail]
+            if self.judge is not None and todo:
+                flags = self.judge.judge(qs(todo), ctxs(todo))
+                for i, flag in zip(todo, flags, strict=True):
+                    audit[i]["attempts"][-1]["judge"] = flag[0] if flag else None
+                    if flag:
+                        fail[i] = (flag[0], _feedback(*flag))
+            todo = [i for i in pending if i not in fail]
+            preds = self.checker.to_sql(qs(todo), ctxs(todo)) if todo else []
+            run = [(i, p) for i, p in zip(todo, preds) if p is not None and p != cands[i].sql]
+            results = dict(zip((i for i, _ in run), self._run([(cands[i].db_path, p) for i, p in run])))
+            for i, pred in zip(todo, preds, strict=True):
+                c, attempt = cands[i], audit[i]["attempts"][-1]
+                attempt["check_sql"] = pred
+                if pred is None:
+                    fail[i] = ("check_unparseable", _feedback("check_unparseable"))
+                elif pred == c.sql or compare(results[i], gold[i], self.compare_mode, c.sql):
+                    attempt["outcome"] = "match"
+                    audit[i].update(status="accepted", reason=None, verified_by=checker_name)
                     accepted.append(c)
-                    continue
+                elif not results[i].ok:
+                    fail[i] = ("check_error", _feedback("check_error", pred=pred, obs=format_observation(results[i])))
                 else:
-                    last_reason[i] = "check_mismatch"
-                failed.append(i)
-            # Regenerate questions (next phrasing) for candidates that carry a spec; others cannot change.
-            regen = [i for i in failed if cands[i].template] if cycle + 1 < self.max_check_cycles else []
-            for i in set(failed) - set(regen):
-                counts[last_reason[i]] += 1
-            if regen:
-                qs = self.qgen.generate([cands[i] for i in regen], self.contexts, cycle + 1)
-                for i, q in zip(regen, qs):
-                    cands[i].question = q
+                    obs, gold_obs = format_observation(results[i]), format_observation(gold[i])
+                    fail[i] = ("check_mismatch", _feedback("check_mismatch", pred=pred, obs=obs, gold_obs=gold_obs))
+            for i, (reason, _) in fail.items():
+                audit[i]["attempts"][-1]["outcome"] = audit[i]["reason"] = reason
+            # Regenerate the failed questions; the rule realizer needs a spec, a model writes from the SQL alone.
+            can = lambda i: bool(cands[i].template) or bool(getattr(self.qgen, "from_sql", False))  # noqa: E731
+            failed = [i for i in pending if i in fail]
+            regen = [i for i in failed if can(i)] if cycle + 1 < self.max_check_cycles else []
+            counts.update(fail[i][0] for i in failed if i not in set(regen))
+            self._write(regen, cands, cycle + 1, [fail[i][1] for i in regen], audit)
             pending = regen
         return accepted, counts
