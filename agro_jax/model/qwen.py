@@ -265,11 +265,8 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _rope(q, positions_BxT, cfg.rope_theta), _rope(k, positions_BxT, cfg.rope_theta)
         if cache is not None:
-            idx = (layer, 0, cache_index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(cache.k_LxBxSxKxH, k[None].astype(cache.k_LxBxSxKxH.dtype), idx)
-            cv = jax.lax.dynamic_update_slice(cache.v_LxBxSxKxH, v[None].astype(cache.v_LxBxSxKxH.dtype), idx)
-            cache = cache.replace(k_LxBxSxKxH=ck, v_LxBxSxKxH=cv)
-            k, v = ck[layer].astype(dt), cv[layer].astype(dt)
+            cache = cache.write(layer, k, v, cache_index)  # cache_index: a scalar, or one slot per row
+            k, v = cache.k_LxBxSxKxH[layer].astype(dt), cache.v_LxBxSxKxH[layer].astype(dt)
         b, t, n, h = q.shape
         kh = cfg.num_kv_heads
         q_BxTxKxGxH = q.reshape(b, t, kh, n // kh, h)
