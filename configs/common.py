@@ -38,6 +38,18 @@ def optim_config(lr: float, steps: int, warmup_steps: int = 0) -> ConfigDict:
     )
 
 
+def lora_config(rank: int = 0) -> ConfigDict:
+    """config.model.lora: adapters on the attention/MLP projections (agro_jax/model/lora.py); rank 0 = full FT."""
+    return ConfigDict(
+        {
+            "rank": rank,
+            "alpha": 16.0,  # scale = alpha / rank
+            "dropout": 0.0,  # only 0 is supported
+            "targets": ("q", "k", "v", "o", "gate", "up", "down"),
+        }
+    )
+
+
 def factory_model_keys() -> dict:
     """config.factory keys of the model in the factory loop (data_factory/model_loop.py); the rules stay the default."""
     return {

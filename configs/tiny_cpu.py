@@ -5,7 +5,7 @@ Run: agro-sql run --config configs/tiny_cpu.py
 
 from ml_collections import ConfigDict
 
-from configs.common import factory_model_keys, mesh_config, optim_config
+from configs.common import factory_model_keys, lora_config, mesh_config, optim_config
 
 
 def get_config(arg=None):
@@ -30,9 +30,12 @@ def get_config(arg=None):
             "rms_norm_eps": 1e-6,
             "tie_word_embeddings": True,
             "max_position_embeddings": 2048,
-            "dtype": "float32",
-            "param_dtype": "float32",
-            "remat": False,  # recompute blocks in backward (memory for long sequences)
+            "scan_layers": False,  # one lax.scan over the blocks: faster, leaner compiles for deep models
+            "dtype": "float32",  # compute; "auto": bfloat16 on accelerators, float32 on CPU
+            "param_dtype": "float32",  # master weights
+            "remat": "none",  # none | full (recompute each block in backward) | save_dots (keep matmul outputs)
+            "logits_chunk": 0,  # >0: log-probs/entropy from the lm_head in chunks of this many positions
+            "lora": lora_config(0),  # rank > 0: train LoRA adapters only (base frozen; reference = adapters off)
         }
     )
     c.tokenizer = ConfigDict({"path": "", "vocab_size": 1024})  # path "": train the embedded byte-level BPE

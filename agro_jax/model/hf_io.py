@@ -205,13 +205,20 @@ def _host(x) -> np.ndarray:
 
 def save_hf_checkpoint(model, cfg: QwenConfig, out_dir, *, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
     """Writes config.json + model.safetensors (or shards + index when larger than max_shard_bytes). Params are
-    fetched one at a time; only process 0 writes."""
+    fetched one at a time; only process 0 writes. LoRA adapters (model/lora.py) are merged into their base weights
+    (W + alpha/rank * A B), so the export is a plain checkpoint."""
+    from agro_jax.model.lora import deltas
+
     out = pathlib.Path(out_dir)
-    mapping = tensor_map(cfg)
-    flat = [(mapping[k][0], mapping[k][2], v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    mapping, adapters = tensor_map(cfg), deltas(model)
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    flat = [(mapping[k][0], mapping[k][2], v, adapters.get(k)) for k, v in flat]
     shards, cur, size = [], {}, 0
-    for name, to_hf, var in tqdm(flat, desc="fetch params", disable=len(flat) < 64, leave=False):
-        x = to_hf(_host(var.get_value()))
+    for name, to_hf, var, lora in tqdm(flat, desc="fetch params", disable=len(flat) < 64, leave=False):
+        x = var.get_value()
+        if lora is not None:
+            x = (x.astype(np.float32) + lora.delta()).astype(x.dtype)
+        x = to_hf(_host(x))
         if cur and size + x.nbytes > max_shard_bytes:
             shards.append(cur)
             cur, size = {}, 0

@@ -141,11 +141,28 @@ def split(model):
 
 
 def adapters_off(trained):
-    """The trained adapter state with every B zeroed: merged with the frozen base it is the base model exactly
-    (x A 0 = 0), a reference policy that costs adapter-sized memory, not a second copy of the weights."""
+    """A new adapter state with every B zeroed: merged with the frozen base it is the base model exactly (x A 0 = 0),
+    a reference policy that costs adapter-sized memory, not a second copy of the weights."""
 
     def one(path, x):
         keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-        return jnp.zeros_like(x) if keys and keys[-1] == "b" else x
+        return jnp.zeros_like(x) if keys and keys[-1] == "b" else jnp.copy(x)  # a copy: the steps donate `trained`
 
     return jax.tree_util.tree_map_with_path(one, trained)
+
+
+def policy_state(trained, frozen):
+    """The policy's weights as one State (what the samplers merge with rest): trained + frozen, arrays shared."""
+    return nnx.merge_state(trained, frozen) if jax.tree.leaves(frozen) else trained
+
+
+def merge_adapters(model):
+    """W += alpha/rank * A B for every adapter, in place and in W's sharding; then B = 0. The model computes the same
+    function with the deltas now in its base weights (e.g. a new stage starting from a LoRA stage's checkpoint: its
+    adapters-off reference is then that stage's policy)."""
+    for (_, i, part, name), lora in deltas(model).items():
+        base = getattr(getattr(model.layers[i], part), name)
+        w = base.get_value()
+        base.set_value(jax.device_put((w.astype(jnp.float32) + lora.delta()).astype(w.dtype), w.sharding))
+        lora.b.set_value(jnp.zeros_like(lora.b.get_value()))
+    return model

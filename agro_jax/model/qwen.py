@@ -39,8 +39,8 @@ class QwenConfig:
     max_position_embeddings: int = 2048
     attention_bias: bool = False  # qwen2: True (q/k/v bias)
     qk_norm: bool = True  # qwen3: RMSNorm over head_dim of q and k
-    dtype: str = "float32"  # compute
-    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute; "auto": bfloat16 on accelerators, float32 on CPU (resolved at construction)
+    param_dtype: str = "float32"  # master weights ("auto": float32); logits and log-softmax are float32 regardless
     # Backward-pass memory policy per block: "none" keeps every activation; "full" recomputes the block from its
     # input; "save_dots" keeps the projection (matmul) outputs and recomputes the rest. True/False mean full/none.
     remat: str = "none"
@@ -58,6 +58,10 @@ class QwenConfig:
             raise ValueError(f"QwenConfig.num_heads={self.num_heads} not divisible by num_kv_heads={self.num_kv_heads}")
         if self.head_dim <= 0 or self.head_dim % 2:
             raise ValueError(f"QwenConfig.head_dim={self.head_dim!r} must be a positive even int (RoPE)")
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", "float32" if jax.default_backend() == "cpu" else "bfloat16")
+        if self.param_dtype == "auto":
+            object.__setattr__(self, "param_dtype", "float32")
         for f in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, f))  # raises on an unknown dtype name
         if isinstance(self.remat, bool):
