@@ -41,6 +41,7 @@ def build_model(model_cfg, mesh, rules, *, vocab_size: int | None = None, seed: 
             param_dtype=get("param_dtype") or None,
             remat=get("remat", "none"),
             logits_chunk=int(get("logits_chunk", 0) or 0),
+            scan_layers=bool(get("scan_layers", False)),
         )
     else:
         cfg = QwenConfig.from_config(model_cfg, vocab_size)

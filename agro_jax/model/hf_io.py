@@ -144,11 +144,20 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
 
 
 def load_hf_checkpoint(
-    path, mesh=None, rules=None, *, dtype=None, param_dtype=None, remat: bool | str = "none", logits_chunk: int = 0
+    path,
+    mesh=None,
+    rules=None,
+    *,
+    dtype=None,
+    param_dtype=None,
+    remat: bool | str = "none",
+    logits_chunk: int = 0,
+    scan_layers: bool = False,
 ) -> tuple[Qwen, QwenConfig]:
     """(model, cfg) from a local HF Qwen2/Qwen3 dir or a GGUF file (converted once into the cache: see
     real_model.resolve_model_path); params placed per `rules` on `mesh` (default: device 0).
-    dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat, logits_chunk: see QwenConfig."""
+    dtype/param_dtype override the checkpoint's dtype (e.g. float32 on CPU); remat, logits_chunk, scan_layers: see
+    QwenConfig."""
     from agro_jax.model.real_model import resolve_model_path
     from agro_jax.scale.sharding import state_shardings
 
@@ -156,6 +165,7 @@ def load_hf_checkpoint(
     cfg = read_config(path)
     dtype, param_dtype = dtype or cfg.dtype, param_dtype or dtype or cfg.param_dtype
     cfg = dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, logits_chunk=int(logits_chunk))
+    cfg = dataclasses.replace(cfg, scan_layers=bool(scan_layers))
     files = _tensor_files(path)
     headers = {f: read_safetensors_header(f) for f in sorted(set(files.values()))}
     abstract = nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0)))

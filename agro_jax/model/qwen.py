@@ -47,6 +47,10 @@ class QwenConfig:
     # Sequence positions per chunk when log-probs are taken from hidden states (model/logprobs.py): the backward pass
     # then holds B x chunk x V logits instead of B x T x V. 0: all positions at once.
     logits_chunk: int = 0
+    # True: the blocks run as one lax.scan over their stacked states, compiled once instead of once per layer (same
+    # maths; logits equal to float rounding). Measured for a Qwen3-8B GRPO update AOT-compiled for v5p-64 on 2 cores:
+    # 163 s vs 266 s of compile CPU time, 3.8 vs 7.5 GB compile RSS. Params keep their per-layer layout.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -321,6 +325,26 @@ def _block_fn(layer: int):
     return run
 
 
+def _scan_blocks(layers, x, positions, mask, cache, cache_index, policy):
+    """The blocks as one lax.scan over their states stacked along a new leading axis (QwenConfig.scan_layers): the
+    layer index is the scan counter, so the KV cache is carried whole and written in place as in the loop."""
+    graphdef = nnx.graphdef(layers[0])
+    if any(nnx.graphdef(b) != graphdef for b in layers):
+        raise ValueError("QwenConfig.scan_layers needs identical blocks (e.g. LoRA adapters on every layer or none)")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in layers])
+
+    def body(carry, state_and_layer):
+        x, cache = carry
+        state, layer = state_and_layer
+        x, cache = nnx.merge(graphdef, state)(x, positions, mask, layer, cache, cache_index)
+        return (shard_activation(x), cache), None
+
+    if policy is not None:
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)  # prevent_cse is not needed inside scan
+    (x, cache), _ = jax.lax.scan(body, (x, cache), (stacked, jnp.arange(len(layers), dtype=jnp.int32)))
+    return x, cache
+
+
 class Qwen(nnx.Module):
     """`Qwen(cfg, rngs=nnx.Rngs(seed))(tokens_BxT, positions_BxT, mask_BxTxS, cache=None, cache_index=0)`
     -> (logits_BxTxV float32, cache | None), which is `logits(hidden(...))`: `hidden` runs everything up to the final
@@ -349,6 +373,9 @@ class Qwen(nnx.Module):
         mask_BxTxS = jnp.asarray(mask_BxTxS, bool)
         cache_index = jnp.asarray(cache_index, jnp.int32)
         policy = REMAT_POLICIES[cfg.remat]
+        if cfg.scan_layers:
+            x, cache = _scan_blocks(self.layers, x, positions_BxT, mask_BxTxS, cache, cache_index, policy)
+            return self.final_norm(x), cache
         for i, block in enumerate(self.layers):
             run = nnx.remat(_block_fn(i), policy=policy) if policy is not None else _block_fn(i)
             x, cache = run(block, x, positions_BxT, mask_BxTxS, cache, cache_index)
