@@ -31,7 +31,6 @@ def get_config(arg=None):
             "tie_word_embeddings": True,
             "max_position_embeddings": 2048,
             "scan_layers": False,  # one lax.scan over the blocks: faster, leaner compiles for deep models
-            "scan_layers": False,  # one lax.scan over the blocks: faster, leaner compiles for deep models
             "dtype": "float32",  # compute; "auto": bfloat16 on accelerators, float32 on CPU
             "param_dtype": "float32",  # master weights
             "remat": "none",  # none | full (recompute each block in backward) | save_dots (keep matmul outputs)
