@@ -118,9 +118,16 @@ def debug_enabled(args=None) -> bool:
     return bool(flags) or os.environ.get("AGRO_DEBUG", "").lower() in ("1", "true", "yes")
 
 
+def quiet_third_party() -> None:
+    """Silences, before they are imported, library messages a user of agro-sql cannot act on (each at its source):
+    transformers' "PyTorch was not found" advisory (torch is a test dependency only; the project runs on JAX)."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     from agro_jax.errors import UsageError
 
+    quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]

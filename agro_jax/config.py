@@ -87,15 +87,59 @@ def _known_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
     return keys
 
 
+# Names other trainers (TRL, tunix, optax users) use, or short forms, for fields this config spells out.
+ALIASES = {"lr": "learning_rate", "bs": "batch_size", "wd": "weight_decay", "temp": "temperature",
+           "num_generations": "group_size", "kl_coef": "beta", "kl": "beta", "epsilon": "clip_low",
+           "grad_accum": "grad_accum_steps", "accumulation_steps": "grad_accum_steps", "clip_norm": "grad_clip_norm",
+           "max_grad_norm": "grad_clip_norm", "warmup": "warmup_steps", "max_steps": "steps", "num_steps": "steps",
+           "n_layers": "num_layers", "layers": "num_layers", "vocab": "vocab_size", "dir": "data_dir"}  # fmt: skip
+
+
+def _initials(name: str) -> str:
+    return "".join(w[0] for w in name.split("_") if w)
+
+
+def _leaf_score(typed: str, leaf: str) -> float:
+    """How likely `typed` means the field `leaf`: alias, initials (lr), prefix, substring, then spelling."""
+    import difflib
+
+    if typed == leaf:
+        return 5.0
+    if ALIASES.get(typed) == leaf or typed == _initials(leaf):
+        return 4.0
+    if len(typed) >= 3 and (leaf.startswith(typed) or typed.startswith(leaf)):
+        return 3.0
+    if len(typed) >= 3 and (typed in leaf or leaf in typed):
+        return 2.0
+    ratio = difflib.SequenceMatcher(None, typed, leaf).ratio()
+    return 1.0 + ratio if ratio >= 0.7 else 0.0
+
+
+def suggest_keys(config: ml_collections.ConfigDict, key: str, n: int = 3) -> list[str]:
+    """Known keys the unknown `key` most likely meant, best first: `grpo.optim.lr` -> grpo.optim.learning_rate."""
+    import difflib
+
+    parent, _, leaf = key.rpartition(".")
+    scored = []
+    for known in _known_keys(config):
+        k_parent, _, k_leaf = known.rpartition(".")
+        score = _leaf_score(leaf, k_leaf)
+        if score:
+            near = parent and k_parent and (k_parent.startswith(parent) or parent.startswith(k_parent))
+            same = 2.0 if k_parent == parent else 1.0 if near else 0.0
+            scored.append((score + same, known))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    best = [k for s, k in scored if s >= 3.0][:n]
+    return best or difflib.get_close_matches(key, _known_keys(config), n=n)
+
+
 def set_by_path(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
-    """Sets `a.b.c` in `config` from the string `raw`; unknown keys raise ConfigError with close matches."""
+    """Sets `a.b.c` in `config` from the string `raw`; unknown keys raise ConfigError with likely meant keys."""
     parts = key.split(".")
     node = config
     for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            import difflib
-
-            close = difflib.get_close_matches(key, _known_keys(config), n=3)
+            close = suggest_keys(config, key)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key config.{key} (no field {'.'.join(parts[: i + 1])!r}){hint}")
         if i < len(parts) - 1:

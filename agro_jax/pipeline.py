@@ -85,6 +85,7 @@ class Pipeline:
         with Executor.from_config(self.config.executor) as ex:
             records, summary = run_factory(self.config.factory, ex, str(out), seed=int(self.config.seed))
         tfds_path = write_outputs(records, summary, str(out), build_tfds=True)
+        self.log(f"[run] factory: {len(records)} examples, TFDS dataset at {tfds_path}")
         return [out / "summary.json", tfds_path], {"examples": len(records)}
 
     def stage_tokenizer(self):

@@ -13,10 +13,12 @@ Same seed -> byte-identical files (rows are inserted in a fixed order into a fre
 
 from __future__ import annotations
 
+import difflib
 import os
 import sqlite3
 import zlib
 
+from agro_jax.errors import UsageError
 from data_factory.dbgen import Rand, Table
 from data_factory.domains import BUILDERS
 
@@ -26,7 +28,10 @@ _VERSION = 2  # bump when the generators change (invalidates cached files)
 
 def domain_tables(name: str, seed: int) -> list[Table]:
     if name not in BUILDERS:
-        raise ValueError(f"unknown database domain {name!r}; known: {sorted(BUILDERS)}")
+        close = difflib.get_close_matches(name, DOMAINS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"unknown database domain {name!r}; {hint}known: {', '.join(DOMAINS)} (other SQLite files: "
+                         "config.factory.extra_databases globs)")  # fmt: skip
     return BUILDERS[name](Rand(seed * 1_000_003 + zlib.crc32(name.encode())))
 
 
@@ -62,6 +67,8 @@ def build_databases(out_dir: str, names=DOMAINS, seed: int = 0) -> dict[str, str
     """Builds (or reuses, when built with the same seed and version) each named domain DB. Returns {db_id: path}."""
     paths = {}
     for name in names:
+        if name not in BUILDERS:
+            domain_tables(name, seed)  # the error, before any folder is made
         db_dir = os.path.join(out_dir, name)
         os.makedirs(db_dir, exist_ok=True)
         path, stamp_path = os.path.join(db_dir, f"{name}.sqlite"), os.path.join(db_dir, "BUILD_STAMP")

@@ -27,6 +27,7 @@ import json
 import os
 import time
 
+from agro_jax.errors import UsageError
 from data_factory import diversity
 from data_factory.checker import RuleChecker
 from data_factory.databases import build_databases
@@ -61,7 +62,11 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
     t_start = time.perf_counter()
     paths = build_databases(os.path.join(out_dir, "databases"), tuple(_get(fcfg, "databases", ())), seed)
     for pattern in _get(fcfg, "extra_databases", ()):  # any SQLite files (e.g. Spider/BIRD train DBs)
-        for path in sorted(glob.glob(pattern)):
+        found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise UsageError(f"config.factory.extra_databases: {pattern!r} matches no file; give SQLite paths or "
+                             "globs, e.g. '/data/spider/database/*/*.sqlite'")  # fmt: skip
+        for path in found:
             paths.setdefault(os.path.splitext(os.path.basename(path))[0], path)
     if not paths:
         raise ValueError("config.factory.databases and extra_databases select no database")
@@ -212,5 +217,8 @@ def factory_main(config, args) -> int:
     path = write_outputs(records, summary, out, build_tfds=not a.no_tfds)
     print(summary_markdown(summary))
     print(f"[factory] wrote {out}/examples.jsonl, summary.json, summary.md" + (f"; TFDS at {path}" if path else ""))
-    print(f"[factory] train with --config.data.data_dir={os.path.join(out, 'tfds')}")
+    if path:
+        print(f"[factory] train with --config.data.data_dir={os.path.join(out, 'tfds')}")
+    else:  # --no-tfds: nothing for the training stages to read yet
+        print("[factory] no TFDS dataset written (--no-tfds): rerun without it before training on this data")
     return 0

@@ -77,3 +77,23 @@ def hf_logits(model, tokens, valid):
             position_ids=torch.tensor(np.asarray(positions_from_valid(valid)), dtype=torch.long),
         )
     return out.logits.float().numpy()
+
+
+# -------------------------------------------------------------------------------------------------------- the CLI
+
+
+def cli_error(capsys, argv) -> str:
+    """Runs `agro-sql argv` expecting a user error: exit code 2 and, as the last stderr line, `agro-sql X: error: ...`.
+    Returns that line."""
+    import pytest
+
+    from agro_jax import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2, err
+    assert err and err[-1].startswith(f"agro-sql {argv[0]}: error: "), err
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]

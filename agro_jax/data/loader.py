@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 
+from agro_jax.errors import UsageError
+
 _NAME, _VERSION = "agro_sql", "1.0.0"
 
 
-class DataError(ValueError):
-    pass
+class DataError(UsageError):
+    """A missing, incomplete or mismatched dataset: the message names the path (the CLI prints it as one line)."""
 
 
 def dataset_dir(data_dir: str) -> str:

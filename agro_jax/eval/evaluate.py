@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pathlib
 import time
 
 from tqdm import tqdm
@@ -113,8 +114,14 @@ def write_report(report: dict, out_dir: str, name: str = "eval") -> tuple[str, s
     return jpath, mpath
 
 
-def load_predictions(path: str, num_examples: int) -> list[str | None]:
-    """One SQL per line, or JSON list / {"index": sql} dict (BIRD predict_*.json)."""
+def load_predictions(path: str, num_examples: int, file_indices=None, file_total: int | None = None) -> list:
+    """One SQL per line, or JSON list / {"index": sql} dict (BIRD predict_*.json), one per example in order. With
+    `file_indices` (each example's position in the benchmark file, of `file_total`), a full-length file (one line per
+    benchmark example, also those skipped for a missing database) and dict keys go by that position."""
+    from agro_jax.errors import MissingInputError, UsageError
+
+    if not os.path.isfile(path):
+        raise MissingInputError(f"--predictions {path}: no such file")
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     try:
@@ -125,12 +132,15 @@ def load_predictions(path: str, num_examples: int) -> list[str | None]:
         try:
             items = {int(k): v for k, v in data.items()}
         except ValueError as e:
-            raise ValueError(f"{path}: JSON prediction keys must be example indices: {e}") from None
-        data = [items.get(i) for i in range(num_examples)]
+            raise UsageError(f"{path}: JSON prediction keys must be example indices: {e}") from None
+        data = [items.get(i) for i in (range(num_examples) if file_indices is None else file_indices)]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: predictions must be lines, a JSON list or a JSON dict, got {type(data).__name__}")
+        raise UsageError(f"{path}: predictions must be lines, a JSON list or a JSON dict, got {type(data).__name__}")
+    if file_indices is not None and file_total is not None and len(data) == file_total != num_examples:
+        data = [data[i] for i in file_indices]  # line i answers the benchmark's example i
     if len(data) != num_examples:
-        raise ValueError(f"{path}: {len(data)} predictions for {num_examples} examples")
+        full = f" (or {file_total}: one per example in the file)" if file_total not in (None, num_examples) else ""
+        raise UsageError(f"{path}: {len(data)} predictions for {num_examples} examples; give {num_examples}{full}")
     out = []
     for v in data:
         v = None if v is None else str(v).split(_BIRD_SEP)[0].strip()
@@ -158,6 +168,23 @@ def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> d
         return evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size))
 
 
+def check_policy_path(path: str) -> None:
+    """UsageError unless `path` looks like something evaluate_checkpoint loads: an HF dir (config.json), a checkpoints
+    dir (numbered step dirs), one step dir, or a file (GGUF); a run folder's error names its checkpoints."""
+    from agro_jax.errors import MissingInputError, UsageError
+
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise MissingInputError(f"--policy {path}: no such file or directory")
+    if p.is_file() or (p / "config.json").is_file() or p.name.isdigit() or any(c.name.isdigit() for c in p.iterdir()):
+        return
+    inside = [p / c for c in ("checkpoints", "grpo/checkpoints", "sft/checkpoints", "grpo/hf") if (p / c).is_dir()]
+    run = (p / "stages.json").is_file() or (p / "grpo").is_dir() or (p / "sft").is_dir()
+    what = "is a run folder" if run else "holds no checkpoint (no config.json, no numbered step dirs)"
+    right = f"one of its checkpoints: {' or '.join(map(str, inside))}" if inside else "a checkpoints, step or HF dir"
+    raise UsageError(f"--policy {path} {what}; give {right}")
+
+
 def eval_arguments(p) -> None:
     p.add_argument("--data", required=True, help="benchmark dir (Spider: dev.json + database/; BIRD: dev.json + "
                    "dev_databases/)")  # fmt: skip
@@ -169,23 +196,35 @@ def eval_arguments(p) -> None:
     what.add_argument("--policy", default=None, help="greedy agent from a checkpoints dir, step dir or HF dir")
     p.add_argument("--mode", default=None, choices=("bird", "spider", "tolerant"), help="compare mode (default: "
                    "the --format's own)")  # fmt: skip
-    p.add_argument("--out", default=None, help="report dir (default <workdir>/eval)")
+    p.add_argument("--out", default=None, help="report dir (default <workdir>/eval/benchmarks: listed beside the "
+                   "run's EX table; --out <workdir>/eval puts it into the table)")  # fmt: skip
     p.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N examples (0: all)")
     p.epilog = ("example:\n  agro-sql eval --data ../shared/benchmarks/spider --format spider "
                 "--policy runs/tiny_cpu/grpo/checkpoints")  # fmt: skip
 
 
 def eval_main(config, args) -> int:
-    from agro_jax.errors import UsageError
+    from agro_jax.errors import MissingInputError, UsageError
     from agro_jax.sql.benchmark_data import last_skipped, load_bird, load_spider
     from agro_jax.sql.executor import Executor
 
     a = args
     if sum([bool(a.predictions), a.gold_as_pred, bool(a.policy)]) != 1:
         raise UsageError("give exactly one of --predictions FILE, --gold-as-pred or --policy CHECKPOINT")
+    if not os.path.isdir(a.data):
+        raise MissingInputError(f"--data {a.data}: no such directory; give a Spider/BIRD folder (dev.json + databases)")
+    if a.policy:
+        check_policy_path(a.policy)
+    if a.predictions and not os.path.isfile(a.predictions):
+        raise MissingInputError(f"--predictions {a.predictions}: no such file")
     load = load_spider if a.format == "spider" else load_bird
     examples = load(a.data, a.split, schema_text=bool(a.policy))  # the agent's prompt needs the schema text
     skipped = last_skipped()
+    total = len(examples) + sum(skipped.values())
+    if not examples:
+        where = "database/<db_id>/<db_id>.sqlite" if a.format == "spider" else "dev_databases/<db_id>/<db_id>.sqlite"
+        raise MissingInputError(f"--data {a.data}: none of the {total} {a.split} examples has its database "
+                                f"(expected {where} under it; missing: {len(skipped)} databases)")  # fmt: skip
     if a.max_examples:
         examples = examples[: a.max_examples]
     if a.policy:
@@ -194,13 +233,17 @@ def eval_main(config, args) -> int:
         tokenizer = policy_tokenizer(config, a.policy)
         report = evaluate_checkpoint(config, examples, a.policy, tokenizer, a.mode or a.format)
     else:
-        preds = [e["sql"] for e in examples] if a.gold_as_pred else load_predictions(a.predictions, len(examples))
+        preds = [e["sql"] for e in examples]
+        if a.predictions:
+            preds = load_predictions(a.predictions, len(examples), [e["file_index"] for e in examples], total)
         with Executor.from_config(config.executor) as executor:
             report = evaluate_predictions(examples, preds, executor, a.mode or a.format)
     report["skipped_missing_db"] = skipped
-    out = a.out or os.path.join(config.workdir, "eval")
+    out = a.out or os.path.join(config.workdir, "eval", "benchmarks")
     name = f"{a.format}_{a.split}" + ("_gold" if a.gold_as_pred else "_policy" if a.policy else "")
     jpath, mpath = write_report(report, out, name)
-    print(report_markdown(report, name) + (f"\nskipped (missing DB): {skipped}\n" if skipped else ""))
+    n_skip = sum(skipped.values())
+    note = f"\nWARNING skipped {n_skip} of {total} examples whose database is missing: {skipped}\n" if n_skip else ""
+    print(report_markdown(report, name) + note)
     print(f"wrote {jpath} and {mpath}")
     return 0

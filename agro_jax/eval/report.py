@@ -3,8 +3,10 @@
 Reads whatever the run has (every input is optional, every metric key is optional):
   <workdir>/sft/metrics.jsonl, <workdir>/grpo/metrics.jsonl   one line per step (agro_jax.train.metrics.MetricsWriter)
   <workdir>/eval/*.json                                         eval reports: {"ex": .., "n": .., "by_difficulty": ..}
+  <workdir>/eval/benchmarks/*.json                              `agro-sql eval` of other data: listed beside the table
   <workdir>/factory/summary.json (or any */*stats*.json)         data factory summary: counts, histograms, rejections
-and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, factory.png}.
+and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, grpo_change.png, factory.png}. A panel whose
+series all vary by less than float noise (a GRPO loss of +-4e-8) says so in words instead of plotting the noise.
 """
 
 from __future__ import annotations
@@ -49,6 +51,26 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
+def _below_noise(ys: list[float]) -> bool:
+    """A series whose spread is float noise (relative 1e-6): plotted, autoscale would blow the noise up to a curve."""
+    return bool(ys) and max(ys) - min(ys) <= 1e-6 * max(1.0, max(abs(y) for y in ys))
+
+
+def _flat_label(key: str, ys: list[float]) -> str:
+    spread = max(ys) - min(ys)
+    if spread == 0:
+        return f"{key} = {ys[0]:.4g} at every step"
+    mean, size = sum(ys) / len(ys), max(abs(y) for y in ys)
+    if abs(mean) <= spread:
+        return f"{key} = 0 +- {size:.1e} (float noise, not plotted)"
+    return f"{key} = {mean:.6g} +- {spread / 2:.1e} (float noise, not plotted)"
+
+
+def _difficulty_rank(name: str) -> tuple[int, str]:
+    rank = {d: i for i, d in enumerate(DIFFICULTY_ORDER)}
+    return rank.get(name, len(rank)), name
+
+
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) of `key` where it is a finite number; rows without `step` use their index."""
     xs, ys = [], []
@@ -88,7 +110,16 @@ def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path
     if not panels:
         return md + [f"{len(rows)} rows in {stage}/metrics.jsonl, none with a known metric.", ""]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    flat = []  # panels shown as words: every series in them is flat up to float noise
     for ax, (title, keys) in zip(axes[0], panels):
+        if all(_below_noise(_series(rows, k)[1]) for k in keys):
+            flat += [_flat_label(k, _series(rows, k)[1]) for k in keys]
+            ax.text(0.5, 0.5, "\n".join(flat[-len(keys) :]), ha="center", va="center", fontsize=9,
+                    transform=ax.transAxes)  # fmt: skip
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for k in keys:
             xs, ys = _series(rows, k)
             ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=k)
@@ -105,6 +136,7 @@ def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path
         table.append([k, ys[0], ys[-1], min(ys), max(ys)])
     steps = _series(rows, "step")[1] or [float(len(rows) - 1)]
     md += [f"{len(rows)} logged steps (last step {int(max(steps))}).", "", f"![{stage}]({stage}.png)", ""]
+    md += [f"Flat: {'; '.join(flat)}.", ""] if flat else []
     return md + _table(["metric", "first", "last", "min", "max"], table) + [""]
 
 
@@ -171,6 +203,23 @@ def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
     return md
 
 
+def other_evals_section(paths: list[pathlib.Path]) -> list[str]:
+    """`agro-sql eval` runs on other data (eval/benchmarks/): a table beside the run's own, never merged into it."""
+    rows = []
+    for p in paths:
+        try:
+            r = json.loads(p.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if isinstance(r, dict) and isinstance(r.get("ex"), int | float):
+            skipped = sum((r.get("skipped_missing_db") or {}).values())
+            rows.append([p.stem, r.get("mode", "-"), f"{100 * r['ex']:.2f}", r.get("num_examples", "-"), skipped])
+    if not rows:
+        return []
+    md = ["## Other evaluations (`agro-sql eval`, not this run's held-out split)", ""]
+    return md + _table(["report", "mode", "EX %", "n", "skipped (no DB)"], rows) + [""]
+
+
 def _cell(v) -> str:
     if v is None:
         return "-"
@@ -205,7 +254,8 @@ def factory_section(path: pathlib.Path, out_dir: pathlib.Path) -> list[str]:
             if "reject" in title:  # most frequent reason first, horizontal so long reasons stay readable
                 names.sort(key=lambda n: -counts[n])
                 bars = ax.barh(names[::-1], [counts[n] for n in names[::-1]], color="tab:red")
-            else:
+            else:  # difficulty levels in their order (easy..extra, simple..highly_complex), not alphabetical
+                names.sort(key=_difficulty_rank)
                 bars = ax.bar(names, [counts[n] for n in names], color="tab:blue")
                 ax.tick_params(axis="x", labelrotation=20)
             ax.bar_label(bars, fontsize=7)
@@ -214,7 +264,8 @@ def factory_section(path: pathlib.Path, out_dir: pathlib.Path) -> list[str]:
         md += ["![factory](factory.png)", ""]
         for title, counts in panels:
             total = sum(counts.values()) or 1
-            rows = [[k, v, f"{100 * v / total:.1f}%"] for k, v in counts.items()]
+            order = sorted(counts, key=_difficulty_rank) if "reject" not in title else list(counts)
+            rows = [[k, counts[k], f"{100 * counts[k] / total:.1f}%"] for k in order]
             md += [f"**{title}**", ""] + _table(["", "count", "share"], rows) + [""]
     return md
 
@@ -248,6 +299,10 @@ def write_report(workdir, out_dir=None) -> pathlib.Path:
     eval_md = eval_section(evals, out_dir)
     md += eval_md
     missing += [] if eval_md else ["eval/*.json"]
+    from agro_jax.eval.grpo_change import grpo_change_section
+
+    md += grpo_change_section(workdir, out_dir)
+    md += other_evals_section(sorted((workdir / "eval" / "benchmarks").glob("*.json")))
     if missing:
         md += ["## Not in this run", "", *[f"- {m}" for m in missing], ""]
     report = out_dir / "report.md"

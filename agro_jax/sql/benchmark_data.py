@@ -4,7 +4,8 @@ schema_text, difficulty, skeleton, evidence, source, split).
 Spider: <dir>/{dev.json|train_spider.json}, <dir>/database/<db>/<db>.sqlite. `difficulty` is the official Spider
 hardness (easy/medium/hard/extra) computed from the parsed `sql` field with evaluation.py's rules (quirks included).
 BIRD: <dir>/dev.json (or dev/dev.json), databases under dev_databases/ or databases/; `difficulty` from the file.
-Examples whose database file is missing are skipped; the count is logged and returned by `last_skipped()`.
+Examples whose database file is missing are skipped; the count is logged and returned by `last_skipped()`. Every
+record keeps `file_index`, its position in the benchmark file, so full-length prediction files still line up.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+
+from agro_jax.errors import MissingInputError, UsageError
 
 _SKIPPED: dict[str, int] = {}
 
@@ -40,7 +43,8 @@ def _finish(records, source, split, schema_text):
     render = _schema_renderer() if schema_text else (lambda p: "")
     out = []
     _SKIPPED.clear()
-    for r in records:
+    for i, r in enumerate(records):
+        r["file_index"] = i
         if not os.path.isfile(r["db_path"]):
             _SKIPPED[r["db_id"]] = _SKIPPED.get(r["db_id"], 0) + 1
             continue
@@ -53,19 +57,35 @@ def _finish(records, source, split, schema_text):
     return out
 
 
+def _read_records(path: str) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not a JSON file: {e}") from None
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise UsageError(f"{path} must hold a JSON list of example records, got {type(raw).__name__}")
+    return raw
+
+
 def load_spider(data_dir: str, split: str = "dev", schema_text: bool = True) -> list[dict]:
     """Spider (or Spider-format) examples; split 'dev' reads dev.json, 'train' reads train_spider.json."""
     name = {"dev": "dev.json", "train": "train_spider.json"}.get(split, f"{split}.json")
     path = os.path.join(data_dir, name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Spider {split} file not found: {path}")
-    with open(path) as f:
-        raw = json.load(f)
+        bird = os.path.isdir(os.path.join(data_dir, f"{split}_databases")) or os.path.isfile(
+            os.path.join(data_dir, split, f"{split}.json")
+        )
+        hint = "; it looks like BIRD data: use --format bird" if bird else f"; expected {name} beside database/"
+        raise MissingInputError(f"Spider {split} file not found: {path}{hint}")
+    raw = _read_records(path)
     records = []
     for i, ex in enumerate(raw):
+        if "query" not in ex and "SQL" in ex:
+            raise UsageError(f"{path} is BIRD format (records have 'SQL', not 'query'): use --format bird")
         for key in ("db_id", "query", "question"):
             if key not in ex:
-                raise ValueError(f"{path} record {i} has no {key!r} field")
+                raise UsageError(f"{path} record {i} has no {key!r} field")
         records.append(
             dict(
                 question=ex["question"],
@@ -84,19 +104,20 @@ def load_bird(data_dir: str, split: str = "dev", schema_text: bool = True) -> li
     candidates = [os.path.join(data_dir, f"{split}.json"), os.path.join(data_dir, split, f"{split}.json")]
     path = next((p for p in candidates if os.path.isfile(p)), None)
     if path is None:
-        raise FileNotFoundError(f"BIRD {split} file not found, tried {candidates}")
+        raise MissingInputError(f"BIRD {split} file not found, tried {', '.join(candidates)}")
     base = os.path.dirname(path)
     db_root = next(
         (d for d in (os.path.join(base, f"{split}_databases"), os.path.join(base, "databases")) if os.path.isdir(d)),
         os.path.join(base, f"{split}_databases"),
     )
-    with open(path) as f:
-        raw = json.load(f)
+    raw = _read_records(path)
     records = []
     for i, ex in enumerate(raw):
+        if "SQL" not in ex and "query" in ex:
+            raise UsageError(f"{path} is Spider format (records have 'query', not 'SQL'): use --format spider")
         for key in ("db_id", "SQL", "question"):
             if key not in ex:
-                raise ValueError(f"{path} record {i} has no {key!r} field")
+                raise UsageError(f"{path} record {i} has no {key!r} field")
         records.append(
             dict(
                 question=ex["question"],

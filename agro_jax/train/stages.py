@@ -161,8 +161,11 @@ def resolve_tokenizer(config, workdir, tokenizer=None):
     for path in (given, pathlib.Path(workdir) / "tokenizer"):
         if path and pathlib.Path(path).is_dir():
             return load_tokenizer(str(path))
-    raise FileNotFoundError(
-        f"no tokenizer: config.tokenizer.path is {config.tokenizer.path!r} and {workdir}/tokenizer does not exist"
+    from agro_jax.errors import MissingInputError
+
+    raise MissingInputError(
+        f"no tokenizer: config.tokenizer.path is {config.tokenizer.path!r} and {workdir}/tokenizer does not exist; "
+        f"run `agro-sql run --stages factory,tokenizer --workdir {workdir}` or set --config.tokenizer.path"
     )
 
 
@@ -264,13 +267,50 @@ def grpo_arguments(p) -> None:
     sft_arguments(p, "grpo")
 
 
+def stage_inputs(config, stage: str, init_from):
+    """A stage run alone finds its inputs where `agro-sql run` puts them in the workdir: the data in factory/tfds
+    (unless config.data.data_dir says otherwise) and, for GRPO without --init-from or checkpoints of its own, the SFT
+    stage's latest checkpoint. Returns init_from; a missing input is a UsageError naming how to make it."""
+    from agro_jax.errors import MissingInputError
+    from agro_jax.train.checkpoint import Checkpointer
+
+    workdir = pathlib.Path(config.workdir)
+    with config.unlocked():
+        config.data.data_dir = config.data.data_dir or str(workdir / "factory" / "tfds")
+    needs_data = stage == "sft" or config.grpo.get("env", "sql") == "sql"
+    if needs_data and not pathlib.Path(config.data.data_dir).exists():
+        raise MissingInputError(f"no training data at {config.data.data_dir}: run `agro-sql factory --workdir "
+                                f"{workdir}` first, or set --config.data.data_dir")  # fmt: skip
+    if init_from is not None and not pathlib.Path(init_from).exists():
+        raise MissingInputError(f"--init-from {init_from}: no such file or directory")
+
+    def latest(name):
+        d = workdir / name / "checkpoints"
+        if not d.is_dir():
+            return None
+        ckpt = Checkpointer(d, async_save=False)
+        step = ckpt.latest_step()
+        ckpt.close()
+        return None if step is None else d / str(step)
+
+    if stage == "grpo" and init_from is None and latest("grpo") is None:
+        init_from = latest("sft")
+        if init_from is not None:
+            print(f"grpo: starting from the SFT checkpoint {init_from} (--init-from to choose another)")
+        elif not config.model.get("hf_path"):
+            print(f"grpo: WARNING no SFT checkpoint in {workdir}/sft and no --init-from: starting from random weights")
+    return init_from
+
+
 def grpo_main(config, args) -> int:
-    final = run_grpo(config, config.workdir, init_from=args.init_from, max_steps=args.max_steps)
+    init_from = stage_inputs(config, "grpo", args.init_from)
+    final = run_grpo(config, config.workdir, init_from=init_from, max_steps=args.max_steps)
     print(f"grpo: final checkpoint {final}")
     return 0
 
 
 def sft_main(config, args) -> int:
-    final = run_sft(config, config.workdir, init_from=args.init_from, max_steps=args.max_steps)
+    init_from = stage_inputs(config, "sft", args.init_from)
+    final = run_sft(config, config.workdir, init_from=init_from, max_steps=args.max_steps)
     print(f"sft: final checkpoint {final}")
     return 0

@@ -103,6 +103,6 @@ def test_eval_cli_runs_a_trained_policy_on_spider(run_dir: pathlib.Path, spider_
     args = ["eval", "--config", "configs/tiny_cpu.py", "--workdir", str(tmp_path), *SMALL]
     args += ["--data", str(spider_dir), "--format", "spider", "--policy", str(ckpt), "--max-examples", "8"]
     assert cli.main(args) == 0
-    report = json.loads((tmp_path / "eval/spider_dev_policy.json").read_text())
+    report = json.loads((tmp_path / "eval/benchmarks/spider_dev_policy.json").read_text())
     assert report["num_examples"] == 8 and sum(report["reasons"].values()) == 8
     assert all(e["db_id"] for e in report["per_example"])
