@@ -236,3 +236,32 @@ def test_killed_assembly_leaves_no_file_that_passes(tmp_path):
     assert assemble_gguf(tmp_path) == final
     assert final.stat().st_size == GGUF_SIZE and file_sha256(final) == GGUF_SHA256
     assert sorted(os.listdir(final.parent)) == [GGUF_NAME]
+
+
+def test_config_lengths_fit_spider_and_factory_prompts(tok, spider_dir, tmp_path):
+    """configs/qwen25_coder_05b.py: every executable Spider dev prompt and every factory DB's prompt (compact schema,
+    3 sample values, a long question) fits rollout.max_prompt_len with the real tokenizer; the model dir it names is
+    the fixture's. Measured: Spider median 664, max 1922 tokens over 972 prompts (limit 2048); factory max 350."""
+    from helpers import REPO_ROOT
+
+    from agro_jax.config import load_config
+    from agro_jax.rollout.agent import prompt_ids
+    from agro_jax.sql.benchmark_data import load_spider
+    from agro_jax.sql.schema import render_schema
+    from data_factory.databases import build_databases
+
+    for arg in ("cpu", "gpu"):
+        c = load_config(f"{REPO_ROOT}/configs/qwen25_coder_05b.py:{arg}")
+        assert c.model.hf_path == c.tokenizer.path == str(tok.name_or_path)
+        assert c.rollout.max_prompt_len + 3 * c.rollout.max_new_tokens_per_turn <= c.rollout.max_total_len
+    assert (c.model.dtype, c.model.param_dtype) == ("bfloat16", "float32")
+    limit = c.rollout.max_prompt_len
+    spider = [len(prompt_ids(tok, e["schema_text"], e["question"])) for e in load_spider(str(spider_dir), "dev")]
+    dbs = build_databases(str(tmp_path), seed=0)
+    question = "For each department, list the names of the three people with the highest total amount, sorted by date?"
+    factory = [len(prompt_ids(tok, render_schema(p, c.factory.schema_sample_values, compact=True), question))
+               for p in dbs.values()]  # fmt: skip
+    print(
+        f"spider prompts: n={len(spider)} median {int(np.median(spider))} max {max(spider)}; factory max {max(factory)}"
+    )
+    assert len(spider) >= 972 and max(spider) <= limit and max(factory) <= limit
