@@ -106,3 +106,18 @@ def test_eval_cli_runs_a_trained_policy_on_spider(run_dir: pathlib.Path, spider_
     report = json.loads((tmp_path / "eval/benchmarks/spider_dev_policy.json").read_text())
     assert report["num_examples"] == 8 and sum(report["reasons"].values()) == 8
     assert all(e["db_id"] for e in report["per_example"])
+
+
+def test_grpo_alone_finds_the_runs_data_and_sft_checkpoint(run_dir: pathlib.Path, tmp_path, capsys):
+    """`agro-sql grpo --workdir <run folder>` (no --init-from, no data_dir): factory/tfds and the SFT checkpoint are
+    found where the pipeline put them (the issue: it did not find the run's own factory/tfds)."""
+    import shutil
+
+    work = tmp_path / "w"
+    for part in ("factory", "tokenizer", "sft"):
+        shutil.copytree(run_dir / part, work / part)
+    capsys.readouterr()
+    args = ["grpo", "--config", "configs/tiny_cpu.py", "--workdir", str(work), *SMALL, "--max-steps", "1"]
+    assert cli.main(args) == 0
+    assert f"grpo: starting from the SFT checkpoint {work}/sft/checkpoints/2" in capsys.readouterr().out
+    assert (work / "grpo/checkpoints/1").is_dir()
