@@ -318,11 +318,16 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), cache
 
 
-def _block_fn(layer: int):
-    def run(block, x, positions, mask, cache, cache_index):
-        return block(x, positions, mask, layer, cache, cache_index)
+def _remat_block(block, layer: int, policy, x, positions, mask, cache, cache_index):
+    """block(...) under jax.checkpoint(policy), its state passed in functionally (split/merge): with LoRA the base
+    weights (a frozen input) and the adapters (differentiated) come from different traces, and nnx.remat, which writes
+    the block state back, refuses to mutate a Param from another trace level."""
+    graphdef, state = nnx.split(block)
 
-    return run
+    def run(state, x, positions, mask, cache, cache_index):
+        return nnx.merge(graphdef, state)(x, positions, mask, layer, cache, cache_index)
+
+    return jax.checkpoint(run, policy=policy)(state, x, positions, mask, cache, cache_index)
 
 
 def _scan_blocks(layers, x, positions, mask, cache, cache_index, policy):
@@ -377,8 +382,10 @@ class Qwen(nnx.Module):
             x, cache = _scan_blocks(self.layers, x, positions_BxT, mask_BxTxS, cache, cache_index, policy)
             return self.final_norm(x), cache
         for i, block in enumerate(self.layers):
-            run = nnx.remat(_block_fn(i), policy=policy) if policy is not None else _block_fn(i)
-            x, cache = run(block, x, positions_BxT, mask_BxTxS, cache, cache_index)
+            if policy is None:
+                x, cache = block(x, positions_BxT, mask_BxTxS, i, cache, cache_index)
+            else:
+                x, cache = _remat_block(block, i, policy, x, positions_BxT, mask_BxTxS, cache, cache_index)
             x = shard_activation(x)
         return self.final_norm(x), cache
 

@@ -123,3 +123,25 @@ def test_adapters_off_reference_equals_frozen_copy(hf_dir):
         _, _, m = step(p, opt.init(p), dict(batch, ref_logp_BxT=np.asarray(ref)), frozen)
         metrics.append(jax.device_get(m))
     assert metrics[0]["kl"] > 0 and metrics[0]["kl"] == metrics[1]["kl"] and metrics[0]["loss"] == metrics[1]["loss"]
+
+
+def test_lora_sft_step_under_every_remat_policy():
+    """Adapters (differentiated) and base weights (a frozen input) under rematerialized blocks: same loss and update
+    as without remat (nnx.remat refused this: it mutates block state across trace levels)."""
+    from agro_jax.model.qwen import Qwen, QwenConfig
+    from agro_jax.train import sft
+
+    tokens, valid = helpers.batch(64, b=4, t=10)
+    batch = grpo.to_micro({"tokens_BxT": tokens, "valid_BxT": valid, "loss_mask_BxT": valid.astype(np.float32)}, 1)
+    out = []
+    for remat in ("none", "full", "save_dots"):
+        cfg = QwenConfig(family="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48, head_dim=8, remat=remat)
+        model = lora.add_adapters(Qwen(cfg, rngs=nnx.Rngs(0)), lora.LoRAConfig(rank=2))
+        graphdef, params, frozen, rest = lora.split(model)
+        opt = optax.adam(1e-2)
+        p, _, m = sft.make_sft_step(graphdef, rest, opt)(params, opt.init(params), batch, frozen)
+        out.append((float(m["loss"]), jax.tree.leaves(p)))
+    for loss, leaves in out[1:]:
+        assert loss == pytest.approx(out[0][0], rel=1e-6)
+        for a, b in zip(leaves, out[0][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
