@@ -252,3 +252,15 @@ def load_params(directory, params, step: int | None = None):
 
     return jax.tree_util.tree_map_with_path(pick, params)
 
+
+def holds_adapters(directory, step: int | None = None) -> bool:
+    """Whether a Checkpointer directory's params are LoRA adapters (a stage trained with config.model.lora), read
+    from the checkpoint's metadata (no arrays loaded)."""
+    from etils import epath
+
+    directory = pathlib.Path(directory).absolute()
+    read = lambda s: ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory / str(s) / "state")).tree  # noqa: E731
+    # the newest intact step, as load_params will pick (it reports any damaged one: no warning here)
+    _, tree, _ = first_intact(directory, _steps(directory, step), read, explicit=step is not None, warn=False)
+    paths = [_path_key(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree.get("params", {}))]
+    return any(k.endswith("_lora") for p in paths for k in p)

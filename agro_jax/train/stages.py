@@ -16,11 +16,12 @@ import time
 import jax
 import numpy as np
 
+from agro_jax.model import lora
 from agro_jax.rl import grpo
 from agro_jax.rollout.batch import Namespace, bucket_len, collect_rollouts, pad_t, rollout_metrics
 from agro_jax.rollout.envs import make_env
 from agro_jax.train import metrics
-from agro_jax.train.checkpoint import export_hf, load_params
+from agro_jax.train.checkpoint import export_hf, holds_adapters, load_params
 from agro_jax.train.loop import stage_dir, train_loop
 
 
@@ -43,8 +44,15 @@ def build_policy(config, vocab_size: int | None, init_from=None):
         from flax import nnx
 
         directory, step = (init_from.parent, int(init_from.name)) if init_from.name.isdigit() else (init_from, None)
-        params = load_params(directory, nnx.state(model, nnx.Param), step)
-        nnx.update(model, params)
+        if holds_adapters(directory, step):
+            # A LoRA stage's checkpoint (adapters only): its base is config.model.hf_path; its adapters are merged into
+            # that base and this stage trains fresh ones (so an adapters-off reference is the starting policy).
+            if not lora.has_adapters(model):
+                raise ValueError(f"init_from {init_from}: LoRA adapters only; set config.model.lora.rank (and hf_path)")
+            nnx.update(model, load_params(directory, nnx.state(model, lora.LoRAParam), step))
+            lora.merge_adapters(model)
+        else:
+            nnx.update(model, load_params(directory, nnx.state(model, nnx.Param), step))
     return mesh, model, model_cfg
 
 
@@ -76,9 +84,12 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         tokenizer = resolve_tokenizer(config, workdir, tokenizer)
     vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
     mesh, model, model_cfg = build_policy(config, vocab, init_from)
-    graphdef, params, rest = grpo.split_model(model)
-    # beta == 0: no reference model is held or run at all.
-    ref_params = jax.tree.map(lambda x: x.copy(), params) if float(cfg.beta) else None
+    # LoRA: params are the adapters (optimizer state, checkpoints); the base weights are `frozen`, passed to each step.
+    graphdef, params, frozen, rest = lora.split(model)
+    # beta == 0: no reference model is held or run at all. LoRA: the reference is the model with adapters off.
+    ref_params = None
+    if float(cfg.beta):
+        ref_params = lora.adapters_off(params) if lora.has_adapters(model) else jax.tree.map(lambda x: x.copy(), params)
     logp_fn = grpo.make_logp_fn(graphdef, rest)
     micro = int(cfg.optim.grad_accum_steps)
     update_step = None  # built lazily: it needs the optimizer made inside train_loop
@@ -92,7 +103,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         if update_step is None:
             update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
         with timer("rollout"):
-            ro, keep_B, first = collect_rollouts(env, params, data_iter, rng, cfg)
+            ro, keep_B, first = collect_rollouts(env, lora.policy_state(params, frozen), data_iter, rng, cfg)
         # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
         ro = Namespace(pad_t(vars(ro), bucket_len(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
         batch = grpo.make_batch(ro, cfg, keep_B)
@@ -100,12 +111,12 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         with timer("update"):
             tree = place_batch(grpo.to_micro(batch.tree(), micro), mesh)
             if cfg.get("recompute_old_logp", False):
-                tree["old_logp_BxT"] = logp_fn(params, tree["tokens_BxT"], tree["valid_BxT"])
+                tree["old_logp_BxT"] = logp_fn(params, tree["tokens_BxT"], tree["valid_BxT"], frozen)
             if ref_params is not None:
-                tree["ref_logp_BxT"] = logp_fn(ref_params, tree["tokens_BxT"], tree["valid_BxT"])
+                tree["ref_logp_BxT"] = logp_fn(ref_params, tree["tokens_BxT"], tree["valid_BxT"], frozen)
                 counters["ref_forwards"] += 1
             for _ in range(int(cfg.updates_per_batch)):
-                params, opt_state, m = update_step(params, opt_state, tree)
+                params, opt_state, m = update_step(params, opt_state, tree, frozen)
             m = jax.device_get(m)
         m.update(rollout_metrics(first, config.reward, keep_B))
         m.update(timer.pop())
@@ -219,7 +230,7 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
     vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     mesh, model, model_cfg = build_policy(config, vocab, init_from)
-    graphdef, params, rest = grpo.split_model(model)
+    graphdef, params, frozen, rest = lora.split(model)  # LoRA: params = adapters, frozen = base weights
     batches = sft.SFTBatches(sequences, int(cfg.batch_size), int(config.seed), pad_id)
     steps = int(cfg.epochs) * batches.steps_per_epoch
     steps = steps if max_steps is None else min(steps, max_steps)
@@ -231,7 +242,7 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
         step_fn = step_fn or sft.make_sft_step(graphdef, rest, optimizer)
         with timer("update"):
             batch = place_batch(grpo.to_micro(next(batches), int(cfg.optim.grad_accum_steps)), mesh)
-            params, opt_state, m = step_fn(params, opt_state, batch)
+            params, opt_state, m = step_fn(params, opt_state, batch, frozen)
             m = jax.device_get(m)
         m.update(timer.pop())
         m["epoch"] = batches.epoch
