@@ -11,9 +11,10 @@ The parent keeps its own deadline per request (timeout_s * 1.5 + kill_grace_s): 
 SIGKILLed and respawned and its request gets error_kind "timeout" with the real wall time; a worker that dies (crash,
 OOM kill, external SIGKILL) is respawned and its in-flight request is retried once on a fresh worker, then reported as
 "worker_crash". Other requests are never lost: each worker holds exactly one request, the rest wait in the parent's
-queue. After _MAX_CRASHES_IN_A_ROW deaths without an answer the batch stops: finished results are returned and the
-rest become "worker_crash" errors. close() (from any thread) stops a running batch: its unfinished queries become
-"cancelled" errors and no worker outlives close().
+queue. A query whose worker died before starting is sent again as it was; after _MAX_CRASHES_IN_A_ROW such deaths
+with no worker starting in between the batch stops: finished results are returned, the rest are "worker_crash".
+close() (from any thread) stops a running batch: its unfinished queries become "cancelled" errors and no worker
+outlives close(). A fresh worker says "ready" first: a query's clocks start then, not at the (slow, when loaded) spawn.
 
 Results are frozen (rows: tuple of tuples, columns: tuple), so the gold cache can hand out the same object. That cache
 is bounded in bytes (the workers' estimate of the rows' Python heap size) and keyed by the database file's identity
@@ -40,10 +41,11 @@ from multiprocessing.connection import wait
 
 from agro_jax.sql.worker import scrub, worker_main
 
-_MAX_CRASHES_IN_A_ROW = 8  # deaths with no answer in between: the pool is unusable for this batch
+_MAX_CRASHES_IN_A_ROW = 8  # workers dying before they start, none starting in between: the pool is unusable
 _NO_CACHE_KINDS = {"timeout", "worker_crash", "cancelled", "bad_request"}  # may pass on a retry / never ran
 _MAX_TIMEOUT_S = 86_400.0
 _MAX_ROWS = 100_000_000
+_STARTUP_S = 120.0  # allowance for a fresh worker to start (interpreter + imports) before its query's clock runs
 _ENTRY_OVERHEAD = 512  # cache bytes per entry beyond its rows (Result, key, OrderedDict node)
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class _Worker:
         self.proc.start()
         child.close()  # so a dead worker shows up as EOF on our end
         self.task = None  # (index, request, attempt, sent_at, deadline)
+        self.ready = False  # the worker says so once started: until then its deadline allows for the startup
 
     def kill(self):
         if self.proc.is_alive():
@@ -291,14 +294,20 @@ class Executor:
                 if w.conn in ready:
                     try:
                         tag, out = w.conn.recv()
+                        if tag == "ready":  # started: the query's clock starts now, not at spawn (slow when loaded)
+                            w.ready, now, crashes = True, time.monotonic(), 0
+                            w.task = (i, req, attempt, now, now + req[2] * 1.5 + self.kill_grace_s)
+                            continue
                         if tag != i:
                             raise ConnectionError(f"answer for request {tag} while waiting for {i}")
                     except (EOFError, OSError, ConnectionError):  # the worker died mid-query
                         w.proc.join(1)
-                        exitcode = w.proc.exitcode
+                        exitcode, started = w.proc.exitcode, w.ready
                         self._respawn(w)
-                        crashes += 1
-                        if attempt == 0:
+                        if not started:  # the query never ran; workers that cannot start make the pool unusable
+                            crashes += 1
+                            todo.appendleft((i, req, attempt))
+                        elif attempt == 0:
                             todo.appendleft((i, req, 1))
                         else:
                             msg = f"worker died twice running this query (exit code {exitcode})"
@@ -306,7 +315,7 @@ class Executor:
                         if crashes > _MAX_CRASHES_IN_A_ROW:
                             self._give_up(todo, results, crashes)
                         continue
-                    w.task, crashes = None, 0
+                    w.task = None
                     results[i] = Result(
                         tuple(out["rows"]),
                         tuple(out["columns"]),
@@ -319,13 +328,14 @@ class Executor:
                 elif time.monotonic() > deadline:  # hung in an uninterruptible call: kill it
                     self.stats["kills"] += 1
                     self._respawn(w)
-                    wall = time.monotonic() - sent_at
-                    results[i] = Result.error("timeout", f"worker killed after {wall:.1f}s ({req[2]:g}s limit)", wall)
+                    # The message (a model observation) stays free of timing; elapsed_s has the real wall time.
+                    msg = f"worker killed: the query ran past its {req[2]:g}s limit in one uninterruptible call"
+                    results[i] = Result.error("timeout", msg, time.monotonic() - sent_at)
         return nbytes
 
     def _give_up(self, todo, results, crashes):
         msg = (
-            f"executor workers died {crashes} times in a row without answering (cannot start? run scripts from a "
+            f"executor workers died {crashes} times in a row before starting (run scripts from a "
             "file with an `if __name__ == '__main__'` guard)"
         )
         log.warning("%s; %d queries of this batch reported as worker_crash", msg, len(todo))
@@ -338,15 +348,15 @@ class Executor:
 
     def _send(self, w: _Worker, i: int, req: tuple, attempt: int):
         now = time.monotonic()
-        w.task = (i, req, attempt, now, now + req[2] * 1.5 + self.kill_grace_s)
+        startup = 0.0 if w.ready else _STARTUP_S
+        w.task = (i, req, attempt, now, now + startup + req[2] * 1.5 + self.kill_grace_s)
         self.stats["queries"] += 1
         msg = (i,) + req
         try:
             w.conn.send(msg)
         except (BrokenPipeError, OSError):  # died while idle: replace it and send again
-            task = w.task
             self._respawn(w)
-            w.task = task
+            w.task = (i, req, attempt, now, now + _STARTUP_S + req[2] * 1.5 + self.kill_grace_s)
             w.conn.send(msg)
 
     def _spawn(self) -> _Worker:
@@ -361,7 +371,7 @@ class Executor:
             return
         self.stats["respawns"] += 1
         fresh = self._spawn()
-        w.conn, w.proc = fresh.conn, fresh.proc
+        w.conn, w.proc, w.ready = fresh.conn, fresh.proc, False
 
     def close(self):
         """Stops the pool: a batch running in another thread returns (unfinished queries "cancelled"); no worker

@@ -362,7 +362,8 @@ def _die_with_parent(parent_pid: int, direct_child: bool, pdeathsig: bool):
 
 
 def worker_main(conn, sandbox_kwargs: dict, parent: tuple | None = None):
-    """Process entry: serve (tag, db_path, sql, timeout_s, max_rows) requests on `conn` until None or EOF.
+    """Process entry: say ("ready", pid), then serve (tag, db_path, sql, timeout_s, max_rows) requests on `conn`
+    until None or EOF.
 
     parent: (pid, direct_child, pdeathsig) of the executor process, to exit when it dies.
     """
@@ -370,6 +371,7 @@ def worker_main(conn, sandbox_kwargs: dict, parent: tuple | None = None):
     if parent is not None:
         _die_with_parent(*parent)
     sandbox = Sandbox(**sandbox_kwargs)
+    conn.send(("ready", os.getpid()))  # the parent starts a query's clock from here, not from the spawn
     while True:
         try:
             req = conn.recv()

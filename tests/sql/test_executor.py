@@ -82,6 +82,12 @@ HOSTILE = [
 ]
 
 
+def _cpu_s(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -114,7 +120,8 @@ def test_hostile_queries_fail_cleanly_and_leave_db_identical(db, executor):
         assert r.error_kind in kinds, f"{name}: got {r.error_kind} ({r.error_message!r}), wanted one of {kinds}"
         assert r.error_message, f"{name}: no error message"
         assert r.rows == () and not r.ok
-        assert r.elapsed_s <= TIMEOUT_S * 1.5 + executor.kill_grace_s, f"{name} ran past its deadline"
+        # a parent kill reports its real wall time: the kill deadline plus the wait's lag on a loaded machine
+        assert r.elapsed_s <= TIMEOUT_S * 1.5 + executor.kill_grace_s + 1.0, f"{name} ran past its deadline"
     assert results[-1].ok and results[-1].rows == ((6,),)
     assert {p: _sha(p) for p in before} == before
     assert set(os.listdir(os.path.dirname(db))) == files_before  # no journal/wal/shm files either
@@ -225,8 +232,10 @@ def test_query_whose_worker_dies_twice_is_reported_not_retried_forever(db):
         os.kill(first, signal.SIGKILL)
         while ex.worker_pids()[0] == first:  # the retry runs on a fresh worker: kill that one too
             time.sleep(0.01)
-        time.sleep(0.5)
-        os.kill(ex.worker_pids()[0], signal.SIGKILL)
+        second = ex.worker_pids()[0]
+        while _cpu_s(second) < 0.3:  # started and well into the query (a worker killed before it starts is not a try)
+            time.sleep(0.01)
+        os.kill(second, signal.SIGKILL)
         thread.join(120)
         crash, after = out["r"]
         assert crash.error_kind == "worker_crash" and "-9" in crash.error_message

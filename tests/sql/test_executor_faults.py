@@ -115,8 +115,8 @@ def test_load_with_random_worker_kills_loses_and_mixes_up_nothing(db):
 
 
 def test_repeated_worker_deaths_keep_finished_results(db):
-    """Every fresh worker is killed: the batch ends after the crash limit with its finished results intact and
-    the rest as worker_crash errors (it used to raise and drop them); the pool serves again afterwards."""
+    """Every fresh worker is killed (mostly before it starts): the batch ends after the crash limit with its finished
+    results intact and the rest as worker_crash errors (it used to raise and drop them); the pool serves again."""
     with Executor(num_workers=1, timeout_s=30.0) as ex:
         ex.run(Query(db, "SELECT 1"))
         batch = [Query(db, f"SELECT {i}") for i in range(5)] + [Query(db, _COUNT_TO.format(n=10**9))]
@@ -124,7 +124,8 @@ def test_repeated_worker_deaths_keep_finished_results(db):
         out, stop = {}, threading.Event()
         runner = threading.Thread(target=lambda: out.update(r=ex.run_many(batch)))
         runner.start()
-        time.sleep(0.5)  # the five fast ones are done; the worker is on the slow one
+        while ex.stats["queries"] < 7:  # 1 + the five fast ones answered + the slow one sent
+            time.sleep(0.01)
 
         def kill_every_worker():
             while not stop.is_set():
@@ -141,18 +142,21 @@ def test_repeated_worker_deaths_keep_finished_results(db):
         killer.join()
         results = out["r"]
         assert [r.rows for r in results[:5]] == [((i,),) for i in range(5)]
-        assert {r.error_kind for r in results[5:]} == {"worker_crash"}
-        assert "died" in results[-1].error_message
+        assert results[5].error_kind == "worker_crash" and "died" in results[5].error_message
+        # a fast one may slip through a worker that answered before it was killed; none is lost or wrong
+        assert all(r.error_kind == "worker_crash" or r.rows == ((i,),) for i, r in enumerate(results[6:], 5))
         assert ex.run(Query(db, "SELECT 9")).rows == ((9,),)
 
 
 def test_close_during_run_many_stops_every_worker(db):
     ex = Executor(num_workers=2, timeout_s=60.0)
+    ex.run_many([Query(db, "SELECT 0")] * 2)
     batch = [Query(db, "SELECT 1")] * 4 + [Query(db, _UNINTERRUPTIBLE)] * 4 + [Query(db, "SELECT 2")] * 4
     out = {}
     runner = threading.Thread(target=lambda: out.update(r=ex.run_many(batch)))
     runner.start()
-    time.sleep(0.5)
+    while ex.stats["queries"] < 6:  # a worker takes its next query only after answering: the 4 fast ones are done
+        time.sleep(0.01)
     pids = ex.worker_pids()
     t0 = time.monotonic()
     ex.close()

@@ -82,7 +82,7 @@ SQL_CASES = [
         {"timeout"},
     ),
     ("self cross join of a CTE", _ROWS.format(n=100000) + "SELECT count(*) FROM c, c AS d", {"timeout"}),
-    ("499 wildcards over 6 MB (fast)", "SELECT hex(zeroblob(3000000)) LIKE '" + "%0" * 499 + "1'", ((0,),)),
+    ("499 wildcards over 1 MB (linear)", "SELECT hex(zeroblob(500000)) LIKE '" + "%0" * 499 + "1'", ((0,),)),
     # table-valued functions are ordinary reads
     ("json_each", "SELECT key, value FROM json_each('[1,2]')", ((0, 1), (1, 2))),
     ("json_tree", """SELECT count(*) FROM json_tree('{"a":[1,2]}')""", ((4,),)),
@@ -226,7 +226,7 @@ def test_hostile_sql(db, executor, name, sql, want):
     assert wall <= KILL_AT_S + SLACK_S, f"{name} took {wall:.2f}s"
     if r.error_kind == "timeout" and "killed" in r.error_message:  # the parent's kill reports real wall time
         assert KILL_AT_S - 0.05 <= r.elapsed_s <= wall + 0.01, (r.elapsed_s, wall)
-    if r.error_kind == "too_large" and "printf" in name:  # refused before formatting, not after the deadline
+    if "printf/format output" in r.error_message:  # refused before formatting, not after the deadline
         assert r.elapsed_s < 0.1, r.elapsed_s
     for side in ("/tmp/agro_rwc.db", "/tmp/agro_wf"):
         assert not os.path.exists(side)
