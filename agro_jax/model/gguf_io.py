@@ -244,8 +244,7 @@ def build_tokenizer(g: GGUFFile):
     """PreTrainedTokenizerFast from the metadata (gpt2-style byte-level BPE; qwen2 pre-tokenizer)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-
-    from agro_jax.model.tokenizer import QWEN_SPLIT_REGEX
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # = tokenizer.QWEN_SPLIT_REGEX
 
     m = g.metadata
     kind, pre = m.get("tokenizer.ggml.model"), m.get("tokenizer.ggml.pre", "default")
@@ -261,7 +260,7 @@ def build_tokenizer(g: GGUFFile):
     tok = Tokenizer(models.BPE(vocab, merges, unk_token=None, byte_fallback=False, fuse_unk=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated", invert=False),
+        [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )  # fmt: skip
     tok.decoder = decoders.ByteLevel()
@@ -320,13 +319,11 @@ def file_sha256(path, chunk: int = 16 << 20) -> str:
 
 def _write_safetensors(path, g: GGUFFile, names: dict[str, str], dtype) -> None:
     """model.safetensors streamed one dequantized tensor at a time (the header is known from the shapes)."""
-    from agro_jax.model.hf_io import CODES
-
     header, pos = {"__metadata__": {"format": "pt"}}, 0
     for gname, hname in names.items():
         nbytes = math.prod(g.tensors[gname].shape) * dtype.itemsize
         header[hname] = {
-            "dtype": CODES[dtype],
+            "dtype": {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype.name],
             "shape": list(g.tensors[gname].shape),
             "data_offsets": [pos, pos + nbytes],
         }
