@@ -2,14 +2,15 @@
 through the project's KV-cache Sampler, and the factory components built from config.factory.
 
     policy = Policy.load("~/.cache/agro_jax/models/qwen2.5-coder-0.5b-instruct/hf", batch_size=8, seed=0)
-    writer = policy.generate_fn(temperature=0.8, max_new_tokens=64, desc="questions")   # sampled
-    reader = policy.generate_fn(temperature=0.0, max_new_tokens=128, desc="check SQL")  # greedy
-    qgen, checker, judge = components(config.factory, seed)      # what run_factory uses when none is passed
+    writer = policy.generate_fn(0.7, 64, "questions")                       # sampled
+    reader = policy.generate_fn(0.0, 128, "check SQL", SQL_PREFIX, SQL_STOPS)  # greedy, answer inside a sql fence
 
 Each prompt becomes one user turn of the model's chat template (after a one-line system turn); completions end at
-the chat template's end-of-turn token. Prompts are sorted by length and cut into chunks of `batch_size`, so a chunk's
-padding is small and the sampler's batch/prompt buckets repeat (one compile per bucket). Sampling keys are a hash of
-each chunk's prompts: the same prompts give the same completions, so a resumed factory run repeats a killed one.
+the chat template's end-of-turn token (the checker's also at the closing fence). Prompts are sorted by length and cut
+into chunks of `batch_size`; a short last chunk is filled up with copies, so every call uses one batch bucket (on CPU
+a filler row costs ~1-2 s of prefill, a new compile of the 0.5B model ~40-90 s) and each prompt bucket compiles once.
+Sampling keys are a hash of each chunk's prompts: the same prompts give the same completions, so a resumed factory
+run repeats a killed one. `components(fcfg, seed)` -> (question_generator, checker, judge, policy) for run_factory.
 """
 
 from __future__ import annotations
@@ -20,24 +21,38 @@ import zlib
 
 SYSTEM = "You are a careful SQLite expert who writes precise questions and queries."
 STOP_STRINGS = ("<|im_end|>", "<|endoftext|>")  # Qwen2.5 chat: end of turn / end of text (one token each)
+# The checker's answer starts inside a ```sql fence (assistant prefix), so the closing fence ends it: every spelling of
+# it that Qwen's tokenizer has as one token ("```", "``" + "`\n", " ```\n", " ```") stops the row on device, instead
+# of the row running on into an explanation while the batch waits.
+SQL_PREFIX, SQL_STOPS = "```sql\n", (*STOP_STRINGS, "```", "``", " ```\n", " ```")
 
 
 class Policy:
-    """A loaded model + tokenizer + Sampler. `complete(prompts, temperature, max_new_tokens)` -> completions."""
+    """A loaded model + tokenizer + Samplers (one per stop set). `complete(prompts, temperature, max_new_tokens,
+    prefix=, stops=)` -> completions (prefix + generated text, special tokens dropped)."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, seed: int = 0, max_prompt_len: int = 2048):
         from flax import nnx
+
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.model_cfg, self.tokenizer = model.cfg, tokenizer
+        self.batch_size, self.seed, self.max_prompt_len = max(1, int(batch_size)), int(seed), int(max_prompt_len)
+        self._samplers: dict[tuple, object] = {}
+        self.stats = dict(calls=0, prompts=0, prompt_tokens=0, new_tokens=0, seconds=0.0, truncated=0)
+
+    def sampler(self, stops: tuple = STOP_STRINGS):
         from ml_collections import ConfigDict
 
         from agro_jax.rollout.sampler import Sampler
 
-        graphdef, self.params, rest = nnx.split(model, nnx.Param, ...)
-        self.tokenizer, self.batch_size, self.seed = tokenizer, max(1, int(batch_size)), int(seed)
-        self.max_prompt_len = int(max_prompt_len)
-        cfg = ConfigDict(dict(max_new_tokens_per_turn=128, temperature=0.0, top_p=1.0, top_k=0, min_prompt_bucket=64))
-        self.sampler = Sampler(graphdef, rest, model.cfg, tokenizer, cfg, model_fn=_last_logits_fn(graphdef, rest),
-                               init_cache=_init_cache(model.cfg), stop_strings=STOP_STRINGS)  # fmt: skip
-        self.stats = dict(calls=0, prompts=0, prompt_tokens=0, new_tokens=0, seconds=0.0, truncated=0)
+        if stops not in self._samplers:
+            cfg = ConfigDict(dict(max_new_tokens_per_turn=128, temperature=0.0, top_p=1.0, top_k=0,
+                                  min_prompt_bucket=64))  # fmt: skip
+            self._samplers[stops] = Sampler(
+                self.graphdef, self.rest, self.model_cfg, self.tokenizer, cfg, stop_strings=stops,
+                model_fn=_last_logits_fn(self.graphdef, self.rest), init_cache=_init_cache(self.model_cfg),
+            )  # fmt: skip
+        return self._samplers[stops]
 
     @classmethod
     def load(cls, path, **kw) -> Policy:
@@ -50,22 +65,24 @@ class Policy:
         model, _ = load_hf_checkpoint(hf, dtype="float32", param_dtype="float32")
         return cls(model, load_tokenizer(str(hf)), **kw)
 
-    def chat_ids(self, prompt: str) -> list[int]:
+    def chat_ids(self, prompt: str, prefix: str = "") -> list[int]:
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + prefix
         ids = list(self.tokenizer.encode(text, add_special_tokens=False))
         if len(ids) > self.max_prompt_len:
             raise ValueError(f"factory prompt of {len(ids)} tokens is longer than max_prompt_len={self.max_prompt_len}")
         return ids
 
-    def complete(self, prompts: list[str], temperature: float, max_new_tokens: int, desc: str = "") -> list[str]:
+    def complete(self, prompts: list[str], temperature: float, max_new_tokens: int, desc: str = "", prefix: str = "",
+                 stops: tuple = STOP_STRINGS) -> list[str]:  # fmt: skip
         import jax
         from tqdm import tqdm
 
         if not prompts:
             return []
         t0 = time.perf_counter()
-        ids = [self.chat_ids(p) for p in prompts]
+        sampler = self.sampler(tuple(stops))
+        ids = [self.chat_ids(p, prefix) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         out: list[str] = [""] * len(ids)
         bar = tqdm(total=len(ids), desc=desc or "model", unit="prompt", leave=False, disable=len(ids) < 2)
@@ -73,11 +90,14 @@ class Policy:
             chunk = order[s : s + self.batch_size]
             key = zlib.crc32("\x00".join(prompts[i] for i in chunk).encode())
             rng = jax.random.fold_in(jax.random.key(self.seed), key & 0x7FFFFFFF)
-            res = self.sampler.generate(self.params, [ids[i] for i in chunk], rng, temperature=float(temperature),
-                                        max_new_tokens=int(max_new_tokens))  # fmt: skip
+            rows = [ids[i] for i in chunk]
+            rows += [rows[-1]] * (self.batch_size - len(rows))  # one batch bucket (see the module docstring)
+            res = sampler.generate(self.params, rows, rng, temperature=float(temperature),
+                                   max_new_tokens=int(max_new_tokens))  # fmt: skip
             for j, i in enumerate(chunk):
-                toks = [t for t in res.tokens[j] if t not in self.sampler.stop_ids]
-                out[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
+                toks = res.tokens[j]  # the stop token (end of turn, closing fence) is dropped; an open fence parses
+                toks = toks[:-1] if res.stopped[j] and toks and toks[-1] in sampler.stop_ids else toks
+                out[i] = prefix + self.tokenizer.decode(toks, skip_special_tokens=True)
                 self.stats["new_tokens"] += len(res.tokens[j])
                 self.stats["truncated"] += int(not res.stopped[j])
             bar.update(len(chunk))
@@ -88,8 +108,9 @@ class Policy:
         self.stats["seconds"] += time.perf_counter() - t0
         return out
 
-    def generate_fn(self, temperature: float, max_new_tokens: int, desc: str = ""):
-        return lambda prompts: self.complete(list(prompts), temperature, max_new_tokens, desc)
+    def generate_fn(self, temperature: float, max_new_tokens: int, desc: str = "", prefix: str = "",
+                    stops: tuple = STOP_STRINGS):  # fmt: skip
+        return lambda prompts: self.complete(list(prompts), temperature, max_new_tokens, desc, prefix, stops)
 
 
 def _resolve(path) -> pathlib.Path:
@@ -154,7 +175,7 @@ def components(fcfg, seed: int = 0, log=print):
         qgen = ModelQuestionGenerator(fn, qgen, compact, seed)
     checker = RuleChecker()
     if ckind == "model":
-        fn = policy.generate_fn(0.0, int(_get(fcfg, "sql_max_new_tokens", 128)), "check SQL")
+        fn = policy.generate_fn(0.0, int(_get(fcfg, "sql_max_new_tokens", 128)), "check SQL", SQL_PREFIX, SQL_STOPS)
         checker = ModelChecker(fn, compact)
     # auto: rules for model-written questions (ModelJudge measured too weak on the 0.5B model); none for the rule
     # realizer, whose questions hold only schema words by construction.
