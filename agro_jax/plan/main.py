@@ -24,7 +24,7 @@ def plan_arguments(p) -> None:
     p.add_argument("--topology", required=True, help="TPU slice: v5p-64, v4-32, v5e-8 (v5litepod-8), v6e-1, v5p:2x4x4")
     p.add_argument("--programs", default="all", help=f"comma-separated subset of {', '.join(PROGRAMS)}")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.epilog = "example: agro-sql plan --config configs/qwen3_8b_tpu.py --topology v5p-64"
+    p.epilog = "example:\n  agro-sql plan --config configs/qwen3_8b_tpu.py --topology v5p-64"
 
 
 def _gib(n: int) -> str:
