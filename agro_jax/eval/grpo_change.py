@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from agro_jax.eval.report import _save, _series, _table, read_jsonl  # noqa: E402
+from agro_jax.eval.report_format import md_table, read_jsonl, save_figure, series  # noqa: E402
 
 
 def _eval(path: pathlib.Path) -> dict | None:
@@ -39,7 +39,7 @@ def grpo_change_section(workdir, out_dir) -> list[str]:
     before, after = _eval(workdir / "eval/sft.json"), _eval(workdir / "eval/grpo.json")
     metrics = workdir / "grpo/metrics.jsonl"
     rows = read_jsonl(metrics) if metrics.is_file() else []
-    train = {k: _ends(ys) for k in ("reward_mean", "format_rate") if (ys := _series(rows, k)[1])}
+    train = {k: _ends(ys) for k in ("reward_mean", "format_rate") if (ys := series(rows, k)[1])}
     if not (before and after) and not train:
         return []
     table, panels = [], []
@@ -59,17 +59,17 @@ def grpo_change_section(workdir, out_dir) -> list[str]:
     if train:
         panels.append(("GRPO training: start vs end", train))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
-    for ax, (title, series) in zip(axes[0], panels):
-        names = list(series)
+    for ax, (title, bars_by_name) in zip(axes[0], panels):
+        names = list(bars_by_name)
         xs = range(len(names))
         for j, (label, color) in enumerate((("before / start", "tab:gray"), ("after / end", "tab:green"))):
-            bars = ax.bar([x + (j - 0.5) * 0.38 for x in xs], [series[n][j] for n in names], 0.38, label=label,
+            bars = ax.bar([x + (j - 0.5) * 0.38 for x in xs], [bars_by_name[n][j] for n in names], 0.38, label=label,
                           color=color)  # fmt: skip
             ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_xticks(list(xs), names, rotation=15 if len(names) > 2 else 0)
         ax.set_title(title)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.legend(fontsize=7)
-    _save(fig, out_dir / "grpo_change.png")
+    save_figure(fig, out_dir / "grpo_change.png")
     md = ["## What GRPO changed", "", "![grpo change](grpo_change.png)", ""]
-    return md + _table(["", "before (SFT) / start", "after (GRPO) / end", "change"], table) + [""]
+    return md + md_table(["", "before (SFT) / start", "after (GRPO) / end", "change"], table) + [""]

@@ -12,7 +12,6 @@ series all vary by less than float noise (a GRPO loss of +-4e-8) says so in word
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import warnings
 
@@ -21,6 +20,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from agro_jax.eval.report_format import (  # noqa: E402
+    eval_rank,
+    md_table,
+    read_jsonl,
+    save_figure,
+    series,
+)
 
 # (panel title, metric keys drawn in it) for the GRPO figure; keys absent from the run are skipped.
 GRPO_PANELS = (
@@ -31,24 +38,7 @@ GRPO_PANELS = (
 )
 SFT_PANELS = (("SFT loss", ("loss",)), ("token accuracy", ("accuracy", "token_acc")))
 SUMMARY_KEYS = ("reward_mean", "ex", "format_rate", "kl", "loss", "accuracy", "completion_len", "turns", "clip_frac")
-EVAL_ORDER = ("base", "pretrained", "before", "sft", "cold_start", "grpo", "after", "final")
 DIFFICULTY_ORDER = ("all", "simple", "easy", "moderate", "medium", "complex", "hard", "highly_complex", "extra")
-
-
-def read_jsonl(path) -> list[dict]:
-    """jsonl rows as dicts; a truncated last line (a run killed mid-write) is skipped with a warning."""
-    rows = []
-    for i, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{i}: skipping a line that is not JSON: {line[:80]!r}", stacklevel=2)
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _below_noise(ys: list[float]) -> bool:
@@ -71,40 +61,12 @@ def _difficulty_rank(name: str) -> tuple[int, str]:
     return rank.get(name, len(rank)), name
 
 
-def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of `key` where it is a finite number; rows without `step` use their index."""
-    xs, ys = [], []
-    for i, r in enumerate(rows):
-        v = r.get(key)
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            xs.append(float(r.get("step", i)))
-            ys.append(float(v))
-    return xs, ys
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-
-
-def _save(fig, path: pathlib.Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------------------------------- sections
 
 
 def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path) -> list[str]:
     """Curves of a training stage (one panel per metric group) + a first/last/best table."""
-    panels = [(t, [k for k in keys if _series(rows, k)[0]]) for t, keys in panels]
+    panels = [(t, [k for k in keys if series(rows, k)[0]]) for t, keys in panels]
     panels = [(t, keys) for t, keys in panels if keys]
     md = [f"## {stage.upper()}", ""]
     if not panels:
@@ -112,8 +74,8 @@ def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     flat = []  # panels shown as words: every series in them is flat up to float noise
     for ax, (title, keys) in zip(axes[0], panels):
-        if all(_below_noise(_series(rows, k)[1]) for k in keys):
-            flat += [_flat_label(k, _series(rows, k)[1]) for k in keys]
+        if all(_below_noise(series(rows, k)[1]) for k in keys):
+            flat += [_flat_label(k, series(rows, k)[1]) for k in keys]
             ax.text(0.5, 0.5, "\n".join(flat[-len(keys) :]), ha="center", va="center", fontsize=9,
                     transform=ax.transAxes)  # fmt: skip
             ax.set_title(title)
@@ -121,32 +83,27 @@ def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path
             ax.set_yticks([])
             continue
         for k in keys:
-            xs, ys = _series(rows, k)
+            xs, ys = series(rows, k)
             ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=k)
         ax.set_title(title)
         ax.set_xlabel(f"{stage} step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, out_dir / f"{stage}.png")
-    keys = [k for k in SUMMARY_KEYS if _series(rows, k)[0]]
+    save_figure(fig, out_dir / f"{stage}.png")
+    keys = [k for k in SUMMARY_KEYS if series(rows, k)[0]]
     table = []
     for k in keys:
-        _, ys = _series(rows, k)
+        _, ys = series(rows, k)
         table.append([k, ys[0], ys[-1], min(ys), max(ys)])
-    steps = _series(rows, "step")[1] or [float(len(rows) - 1)]
+    steps = series(rows, "step")[1] or [float(len(rows) - 1)]
     md += [f"{len(rows)} logged steps (last step {int(max(steps))}).", "", f"![{stage}]({stage}.png)", ""]
     md += [f"Flat: {'; '.join(flat)}.", ""] if flat else []
-    return md + _table(["metric", "first", "last", "min", "max"], table) + [""]
+    return md + md_table(["metric", "first", "last", "min", "max"], table) + [""]
 
 
 def _eval_label(path: pathlib.Path, report: dict) -> str:
     return str(report.get("name") or report.get("label") or report.get("stage") or path.stem)
-
-
-def _eval_rank(label: str) -> int:
-    low = label.lower()
-    return next((i for i, k in enumerate(EVAL_ORDER) if k in low), len(EVAL_ORDER))
 
 
 def _ex_by_difficulty(report: dict) -> dict[str, tuple[float, int | None]]:
@@ -176,7 +133,7 @@ def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
             outcomes[reports[-1][0]] = data.get("reasons") if _numeric_dict(data.get("reasons")) else {}
     if not reports:
         return []
-    reports.sort(key=lambda r: _eval_rank(r[0]))
+    reports.sort(key=lambda r: eval_rank(r[0]))
     rank = {d: i for i, d in enumerate(DIFFICULTY_ORDER)}
     diffs = sorted({d for _, ex in reports for d in ex}, key=lambda d: (rank.get(d, len(rank)), d))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(diffs) + 2), 3.6))
@@ -191,15 +148,15 @@ def eval_section(paths: list[pathlib.Path], out_dir: pathlib.Path) -> list[str]:
     ax.set_ylim(0, 118)  # headroom for the legend above 100% bars
     ax.set_title("EX by difficulty")
     ax.legend(fontsize=8, ncol=len(reports), loc="upper center")
-    _save(fig, out_dir / "eval_ex.png")
+    save_figure(fig, out_dir / "eval_ex.png")
     table = [[d] + [_cell(ex.get(d)) for _, ex in reports] for d in diffs]
     md = ["## Evaluation (execution accuracy, %)", "", "![eval](eval_ex.png)", ""]
-    md += _table(["difficulty", *[label for label, _ in reports]], table) + [""]
+    md += md_table(["difficulty", *[label for label, _ in reports]], table) + [""]
     kinds = sorted({k for label, _ in reports for k in outcomes.get(label, {})})
     if kinds:  # why predictions failed (no answer, SQL error, wrong result): shows progress EX alone can hide
         labels = [label for label, _ in reports]
         rows = [[k] + [outcomes[la].get(k, 0) if outcomes.get(la) else "-" for la in labels] for k in kinds]
-        md += ["Outcomes (counts):", ""] + _table(["outcome", *[label for label, _ in reports]], rows) + [""]
+        md += ["Outcomes (counts):", ""] + md_table(["outcome", *[label for label, _ in reports]], rows) + [""]
     return md
 
 
@@ -217,7 +174,7 @@ def other_evals_section(paths: list[pathlib.Path]) -> list[str]:
     if not rows:
         return []
     md = ["## Other evaluations (`agro-sql eval`, not this run's held-out split)", ""]
-    return md + _table(["report", "mode", "EX %", "n", "skipped (no DB)"], rows) + [""]
+    return md + md_table(["report", "mode", "EX %", "n", "skipped (no DB)"], rows) + [""]
 
 
 def _cell(v) -> str:
@@ -246,7 +203,7 @@ def factory_section(path: pathlib.Path, out_dir: pathlib.Path) -> list[str]:
     panels = [(k, stats[k]) for k in hist_keys[:1] + reject_keys[:1]]
     md = ["## Data factory", "", f"From `{path.name}`.", ""]
     if scalars:
-        md += _table(["stat", "value"], scalars) + [""]
+        md += md_table(["stat", "value"], scalars) + [""]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
         for ax, (title, counts) in zip(axes[0], panels):
@@ -260,13 +217,13 @@ def factory_section(path: pathlib.Path, out_dir: pathlib.Path) -> list[str]:
                 ax.tick_params(axis="x", labelrotation=20)
             ax.bar_label(bars, fontsize=7)
             ax.set_title(title.replace("_", " "))
-        _save(fig, out_dir / "factory.png")
+        save_figure(fig, out_dir / "factory.png")
         md += ["![factory](factory.png)", ""]
         for title, counts in panels:
             total = sum(counts.values()) or 1
             order = sorted(counts, key=_difficulty_rank) if "reject" not in title else list(counts)
             rows = [[k, counts[k], f"{100 * counts[k] / total:.1f}%"] for k in order]
-            md += [f"**{title}**", ""] + _table(["", "count", "share"], rows) + [""]
+            md += [f"**{title}**", ""] + md_table(["", "count", "share"], rows) + [""]
     return md
 
 
