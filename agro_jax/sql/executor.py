@@ -6,7 +6,9 @@
 
 Workers are started with the `spawn` context (jax may be initialised in the parent; never fork after that) and run
 `agro_jax.sql.worker.Sandbox` (read-only LRU-cached connections, authorizer, limits, deadline; see there). Workers
-ignore SIGINT and exit when the parent dies (parent-death signal + watchdog).
+ignore SIGINT and exit when the parent dies (parent-death signal + watchdog). A query stops at timeout_s of wall time
+or after timeout_s * vm_steps_per_s SQLite VM steps, whichever comes first: the step limit is the same on a loaded
+machine, so results (and the model's observations) do not depend on load unless the machine runs < vm_steps_per_s.
 The parent keeps its own deadline per request (timeout_s * 1.5 + kill_grace_s): a worker that overruns it is
 SIGKILLed and respawned and its request gets error_kind "timeout" with the real wall time; a worker that dies (crash,
 OOM kill, external SIGKILL) is respawned and its in-flight request is retried once on a fresh worker, then reported as
@@ -150,6 +152,7 @@ class Executor:
         kill_grace_s: float = 2.0,
         max_connections: int = 8,
         cache_max_bytes: int = 256 * 1024 * 1024,
+        vm_steps_per_s: int = 20_000_000,
     ):
         self._closed = True  # until fully built (close() from __del__ must not touch missing state)
         _check("num_workers", num_workers, integer=True, lo=1, hi=1024)
@@ -164,6 +167,10 @@ class Executor:
             max_result_bytes=_check("max_result_bytes", max_result_bytes, integer=True, lo=1, hi=2**50),
             immutable=bool(immutable),
             max_connections=_check("max_connections", max_connections, integer=True, lo=1, hi=10_000),
+            # timeout_s * this = the query's work limit in SQLite VM steps (0: wall clock only). 20M/s is about half
+            # of what this 2-core CPU runs (~44M/s): the work limit, which does not depend on load, normally fires
+            # before the wall clock, so whether a query "times out" is the same from run to run.
+            vm_steps_per_s=_check("vm_steps_per_s", vm_steps_per_s, integer=True, lo=0, hi=10**12),
         )
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"Executor start_method must be one of {multiprocessing.get_all_start_methods()}")
@@ -181,7 +188,7 @@ class Executor:
     def from_config(cls, cfg) -> Executor:
         """Builds from config.executor (num_workers, timeout_s, max_rows, max_cell_bytes, heap_limit_bytes, ...)."""
         fields = ("num_workers", "timeout_s", "max_rows", "max_cell_bytes", "heap_limit_bytes", "max_result_bytes")
-        extra = ("immutable", "start_method", "kill_grace_s", "max_connections", "cache_max_bytes")
+        extra = ("immutable", "start_method", "kill_grace_s", "max_connections", "cache_max_bytes", "vm_steps_per_s")
         return cls(**{k: cfg[k] for k in fields + extra if k in cfg})
 
     def __enter__(self) -> Executor:

@@ -11,8 +11,10 @@ Layers, outermost last (any one of them stops a hostile query; the parent's kill
   4. limits: SQLITE_LIMIT_LENGTH (caps zeroblob/replace/group_concat bombs; printf/format, which SQLite lets run past
      it and then returns NULL, are checked for their output size first), SQL length, 0 attached DBs,
      `PRAGMA hard_heap_limit` (process-wide SQLite heap), a progress-handler deadline per query (and a check after the
-     last row, for single calls that overran it), row cap (-> truncated=True) and cell/result byte caps
-     (-> error "too_large") applied row by row while fetching, so a rejected result never accumulates past them.
+     last row, for single calls that overran it) plus a work limit of timeout_s * vm_steps_per_s VM instructions, which
+     stops a runaway query at the same point however loaded the machine is (the wall clock only when it is slower),
+     row cap (-> truncated=True) and cell/result byte caps (-> error "too_large") applied row by row while fetching,
+     so a rejected result never accumulates past them.
 Connections are cached per worker in a small LRU (closed on eviction: file descriptors and page caches released).
 The worker ignores SIGINT (Ctrl-C reaches the parent, which decides) and exits when its parent dies
 (PR_SET_PDEATHSIG where the parent's spawning thread is the main one, plus a watchdog thread polling the parent).
@@ -54,6 +56,7 @@ _PRINTF_SPEC_RE = re.compile(r"%([-+ #!0,]*)(\*|\d+)?(?:\.(\*|\d*))?(?:ll|l)?(.?
 _PATH_RE = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\:]+[/\\])+([^\s'\"/\\:]*)")
 _HEADER = b"SQLite format 3\x00"
 _WATCHDOG_S = 0.2
+_TICK = 1000  # VM instructions between progress-handler calls
 
 
 def _authorizer(action, arg1, arg2, dbname, source):
@@ -164,19 +167,26 @@ class Sandbox:
         max_result_bytes: int,
         immutable: bool,
         max_connections: int = 8,
+        vm_steps_per_s: int = 0,
     ):
         self.max_cell_bytes = max_cell_bytes
         self.max_result_bytes = max_result_bytes
         self.immutable = immutable
         self.heap_limit_bytes = heap_limit_bytes
         self.max_connections = max_connections
+        self.vm_steps_per_s = vm_steps_per_s
+        self._ticks, self._tick_budget, self._over_budget = 0, float("inf"), False
         self._conns: collections.OrderedDict[str, tuple[tuple, sqlite3.Connection]] = collections.OrderedDict()
         self._deadline = float("inf")
         self._func_error: _Refused | None = None
         self._aux = sqlite3.connect(":memory:", isolation_level=None)  # runs the real printf for the override
         self._aux.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _LENGTH_LIMIT)
 
-    def _progress(self):
+    def _progress(self):  # every _TICK VM instructions
+        self._ticks += 1
+        if self._ticks > self._tick_budget:
+            self._over_budget = True
+            return 1
         return 1 if time.monotonic() > self._deadline else 0
 
     def _printf(self, *args):
@@ -244,7 +254,7 @@ class Sandbox:
             for name in ("printf", "format"):
                 conn.create_function(name, -1, self._printf, deterministic=True)
             conn.set_authorizer(_authorizer)
-            conn.set_progress_handler(self._progress, 1000)
+            conn.set_progress_handler(self._progress, _TICK)
         except BaseException:
             conn.close()
             raise
@@ -272,7 +282,7 @@ class Sandbox:
                         continue
                     break
                 finally:
-                    self._deadline, self._func_error = float("inf"), None
+                    self._deadline, self._func_error, self._tick_budget = float("inf"), None, float("inf")
         out["elapsed_s"] = time.monotonic() - t0
         return out
 
@@ -290,11 +300,15 @@ class Sandbox:
             out["error_kind"], msg = classify(e), f"{type(e).__name__}: {e}"
         if out["error_kind"] == "timeout" and msg == "interrupted":
             msg = "query interrupted at its time limit"
+            if self._over_budget:  # the same on a loaded machine: what the model sees does not depend on load
+                msg = f"query interrupted after {self._tick_budget * _TICK:.3g} SQLite VM steps (its work limit)"
         out["error_message"] = scrub(msg)[:500]
 
     def _execute(self, out, db_path, sql, deadline, timeout_s, max_rows):
         conn = self._connect(db_path)
-        self._deadline = deadline
+        self._deadline, self._ticks, self._over_budget = deadline, 0, False
+        if self.vm_steps_per_s:
+            self._tick_budget = timeout_s * self.vm_steps_per_s / _TICK
         cur = conn.execute(sql)
         try:
             columns = [d[0] for d in cur.description or ()]

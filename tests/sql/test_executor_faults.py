@@ -2,6 +2,7 @@
 close() during a batch, a SIGKILLed parent (workers must follow it), Ctrl-C reaching the workers."""
 
 import hashlib
+import multiprocessing
 import os
 import pathlib
 import random
@@ -225,3 +226,30 @@ def test_workers_die_with_a_sigkilled_parent(db, tmp_path):
         for p in locals().get("pids", []):
             if not _gone(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def _burn(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_work_limit_gives_the_same_answers_on_a_loaded_machine(db):
+    """Whether a query times out is decided by its SQLite VM steps (timeout_s * vm_steps_per_s), not the clock:
+    counting to 1M takes ~17M steps (0.4 s here), under a 20M-step limit it passes; the runaway stops at 20M steps.
+    The same with two CPU-burning processes beside it; the 4 s wall clock is only the backstop."""
+    near, runaway = Query(db, _COUNT_TO.format(n=1_000_000)), Query(db, _COUNT_TO.format(n=10**12))
+    with Executor(num_workers=1, timeout_s=4.0, vm_steps_per_s=5_000_000) as ex:
+        quiet = ex.run_many([near, runaway])
+        hogs = [multiprocessing.get_context("spawn").Process(target=_burn, args=(30,)) for _ in range(2)]
+        for h in hogs:
+            h.start()
+        try:
+            loaded = ex.run_many([near, runaway])
+        finally:
+            for h in hogs:
+                h.kill()
+                h.join()
+    assert [r.rows for r in quiet] == [r.rows for r in loaded] == [((1_000_000,),), ()]
+    limit = "query interrupted after 2e+07 SQLite VM steps (its work limit)"
+    assert quiet[1].error_message == loaded[1].error_message == limit
