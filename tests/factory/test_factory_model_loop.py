@@ -298,3 +298,13 @@ def test_components_from_config_refuse_bad_combinations(tmp_path):
     f.judge = "auto"
     qgen, checker, judge, policy = components(f)
     assert (qgen.name, checker.name, judge, policy) == ("rules", "rules", None, None)  # the fast default
+
+
+def test_question_diversity_measures():
+    from data_factory.question_stats import question_diversity
+
+    same = question_diversity(['List the names of "A".', 'List the names of "B".', 'List the names of "A".'])
+    assert same["distinct_questions"] == round(2 / 3, 4) and same["distinct_shapes"] == round(1 / 3, 4)
+    assert same["distinct_openings"] == round(1 / 3, 4) and same["distinct_1"] == round(6 / 15, 4)
+    varied = question_diversity(["Which students enrolled in 2020?", "Show every course title.", "How many rooms?"])
+    assert varied["distinct_openings"] == 1.0 and varied["distinct_2"] == 1.0 and varied["mean_words"] == 4.0
