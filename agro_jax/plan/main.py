@@ -39,13 +39,17 @@ def _size(n: int) -> str:
     return str(int(n))
 
 
+def _num(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def _count(n: int) -> str:
     return f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
 
 
 def format_table(results: list, topology) -> str:
     chip = topology.chip
-    head = ("program", "shape", "args", "temp", "out", "alias", "peak", "+held", "total", "fits", "TFLOP/chip",
+    head = ("program", "shape", "args", "temp", "out", "alias", "in use", "+held", "total", "fits", "TFLOP/chip",
             "step >= s", "compile s")  # fmt: skip
     rows = []
     for r in results:
@@ -53,7 +57,7 @@ def format_table(results: list, topology) -> str:
         bound = r.flops / chip.peak_bf16_flops
         rows.append((r.name, r.shape, _size(r.argument_bytes), _size(r.temp_bytes), _size(r.output_bytes),
                      _size(r.alias_bytes), _size(r.peak_bytes), _size(r.resident_bytes), _size(r.total_bytes), fits,
-                     f"{r.flops / 1e12:.3g}", f"{bound:.3g}", f"{r.compile_s:.0f}"))  # fmt: skip
+                     _num(r.flops / 1e12), _num(bound), f"{r.compile_s:.0f}"))  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -102,6 +106,9 @@ def plan(config, topology_name: str, names=PROGRAMS, log=print) -> dict:
         results.append(programs.measure(prog, mesh, chip.hbm_bytes))
     table = format_table(results, topology)
     log(table)
+    log(f"per chip; in use = args + temp + out - alias (XLA's allocation for the program); +held = training state in "
+        f"HBM that is not an argument (Adam state, the KL reference copy); total vs the {_gib(chip.hbm_bytes)} GiB "
+        f"budget; TFLOP/chip = matmul FLOPs per optimizer step (decode: per token); step >= s: at peak")  # fmt: skip
     for r in results:
         if not r.fits:
             why = f" (compiler: {r.error})" if r.error else ""
