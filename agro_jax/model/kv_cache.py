@@ -47,14 +47,14 @@ class KVCache:
         return self.replace(k_LxBxSxKxH=ck, v_LxBxSxKxH=cv)
 
     def take_rows(self, rows_R, max_len: int | None = None) -> KVCache:
-        """Rows `rows_R` (gathered; repeats allowed: G samples sharing one prefilled prompt) with the slot axis padded
-        with zeros up to max_len (never cut)."""
+        """Rows `rows_R` (gathered; repeats allowed: G samples sharing one prefilled prompt; None: all rows as they
+        are) with the slot axis padded with zeros up to max_len (never cut)."""
         pad = 0 if max_len is None else max_len - self.max_len
         if pad < 0:
             raise ValueError(f"KVCache.take_rows: max_len={max_len} is below the cache's {self.max_len} slots")
 
         def f(x):
-            x = jnp.take(x, rows_R, axis=1)
+            x = x if rows_R is None else jnp.take(x, rows_R, axis=1)
             return jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
 
         return KVCache(f(self.k_LxBxSxKxH), f(self.v_LxBxSxKxH))

@@ -15,8 +15,12 @@ import dataclasses
 import re
 
 AGENT_TAGS = ["<think>", "</think>", "<sql>", "</sql>", "<observation>", "</observation>", "<answer>", "</answer>"]
-# A turn ends at the first of these (plus EOS); the sampler turns them into stop token ids when they are single tokens.
+# A turn ends on the token that completes the first of these (or EOS), matched on device whatever the tokenization
+# (rollout/stops.py).
 STOP_STRINGS = ("</sql>", "</answer>")
+# rollout.answer_format: "tags" (strict: only <answer>, the training reward's default) | "tags_or_fence" (evaluating
+# off-the-shelf models: a turn without agent tags whose text has a ```sql block answers with the last such block).
+ANSWER_FORMATS = ("tags", "tags_or_fence")
 
 SYSTEM_PROMPT = """You are a careful SQLite expert. Answer the user's question with one SQL query over the database.
 Work in turns. In each turn first reason inside <think>...</think>, then do exactly one of:
@@ -54,6 +58,7 @@ def prompt_ids(tokenizer, schema_text: str, question: str, evidence: str = "") -
 _SQL_RE = re.compile(r"<sql>(.*?)</sql>", re.S)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 _FENCE_RE = re.compile(r"^```(?:sql|sqlite)?\s*(.*?)\s*```$", re.S | re.I)
+_SQL_FENCE_RE = re.compile(r"```(?:sql|sqlite)[ \t]*\n(.*?)```", re.S | re.I)
 
 
 def clean_sql(text: str) -> str | None:
@@ -68,10 +73,23 @@ def clean_sql(text: str) -> str | None:
     return text or None
 
 
-def parse_action(text: str) -> Action:
+def check_answer_format(answer_format: str) -> str:
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"rollout.answer_format={answer_format!r} must be one of {ANSWER_FORMATS}")
+    return answer_format
+
+
+def last_sql_fence(text: str) -> str | None:
+    """Content of the last complete ```sql (or ```sqlite) block of `text`, or None."""
+    blocks = _SQL_FENCE_RE.findall(text)
+    return (blocks[-1].strip() or None) if blocks else None
+
+
+def parse_action(text: str, answer_format: str = "tags") -> Action:
     """Parses ONE generated turn (text after the last observation). The earliest complete block wins:
     `<answer>X</answer>` -> answer; `<sql>X</sql>` -> sql, unless it sits inside an open `<answer>` (the sampler stops
-    at `</sql>`, so `<answer><sql>X</sql>` arrives without `</answer>`) -> answer. Anything else is invalid."""
+    at `</sql>`, so `<answer><sql>X</sql>` arrives without `</answer>`) -> answer. Anything else is invalid, except
+    with answer_format "tags_or_fence", where a turn with a ```sql block answers with the last one."""
     a, s = _ANSWER_RE.search(text), _SQL_RE.search(text)
     if a and (not s or a.start() <= s.start()):
         sql = clean_sql(a.group(1))
@@ -82,13 +100,20 @@ def parse_action(text: str) -> Action:
             return Action("invalid", None)
         opened = text.rfind("<answer>", 0, s.start())
         return Action("answer" if opened >= 0 else "sql", sql)
+    if check_answer_format(answer_format) == "tags_or_fence":
+        sql = last_sql_fence(text)
+        if sql:
+            return Action("answer", sql)
     return Action("invalid", None)
 
 
-def extract_final_sql(assistant_text: str) -> str | None:
-    """The final SQL of a whole trajectory text: content of the last complete <answer> block, else None."""
+def extract_final_sql(assistant_text: str, answer_format: str = "tags") -> str | None:
+    """The final SQL of a whole trajectory text: content of the last complete <answer> block, else (tags_or_fence)
+    of the last ```sql block, else None."""
     blocks = _ANSWER_RE.findall(assistant_text)
-    return clean_sql(blocks[-1]) if blocks else None
+    if blocks:
+        return clean_sql(blocks[-1])
+    return last_sql_fence(assistant_text) if check_answer_format(answer_format) == "tags_or_fence" else None
 
 
 def format_observation(result, max_rows: int = 5, max_chars: int = 300) -> str:

@@ -88,12 +88,14 @@ class ScriptedPolicy:
         cache_BxS, valid_BxS = np.asarray(cache_BxS), np.asarray(valid_BxS)  # numpy: per-row jax ops would dispatch
         return np.asarray([self.next_token(c[v].tolist()) for c, v in zip(cache_BxS, valid_BxS)], np.int32)
 
-    def __call__(self, params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index):
-        cache = jax.lax.dynamic_update_slice(cache, tokens_BxT, (0, cache_index))
-        out = jax.ShapeDtypeStruct((tokens_BxT.shape[0],), jnp.int32)
-        nxt_B = jax.pure_callback(self._host, out, cache, mask_BxTxS[:, -1, :])
-        logits_BxV = jnp.where(jnp.arange(self.vocab)[None] == nxt_B[:, None], 30.0, -30.0)
-        return jnp.broadcast_to(logits_BxV[:, None], (*tokens_BxT.shape, self.vocab)), cache
+    def __call__(self, params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index, last_B):
+        """Writes each row's tokens at its own slots; the logits at query last_B[b] force the script's next token."""
+        b, t = tokens_BxT.shape
+        slots_BxT = jnp.asarray(cache_index)[:, None] + jnp.arange(t)[None, :]
+        cache = cache.at[jnp.arange(b)[:, None], slots_BxT].set(tokens_BxT, mode="drop")
+        valid_BxS = jnp.take_along_axis(mask_BxTxS, last_B[:, None, None], axis=1)[:, 0]
+        nxt_B = jax.pure_callback(self._host, jax.ShapeDtypeStruct((b,), jnp.int32), cache, valid_BxS)
+        return jnp.where(jnp.arange(self.vocab)[None] == nxt_B[:, None], 30.0, -30.0), cache
 
 
 def test_scripted_multi_turn_rollout_masks_observations_rewards(tokenizer, db_path):

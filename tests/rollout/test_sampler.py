@@ -54,7 +54,7 @@ def test_greedy_with_cache_matches_full_forward_argmax(setup):
     # top_k=1 and a tiny top_p are greedy too, at any temperature (same bucket: no recompile)
     for kw in ({"top_k": 1, "temperature": 1.5}, {"top_p": 1e-6, "temperature": 1.0}):
         assert sampler.generate(params, prompts, jax.random.key(3), **kw).tokens == out.tokens
-    assert sampler.trace_count == 1
+    assert sampler.traces == {"prefill": 1, "decode": 1}
 
 
 def test_sampling_is_seeded_and_stops_per_row(setup):
@@ -66,7 +66,8 @@ def test_sampling_is_seeded_and_stops_per_row(setup):
     c = sampler.generate(params, prompts, jax.random.key(2), temperature=1.0)
     assert a.tokens == b.tokens and a.tokens != c.tokens
     stop = set(sampler.stop_ids)
-    assert {tok.convert_tokens_to_ids(t) for t in ("</sql>", "</answer>")} | {tok.eos_token_id} == stop
+    assert set(sampler.end_ids) == {tok.eos_token_id, tok.pad_token_id}
+    assert {tok.convert_tokens_to_ids(t) for t in ("</sql>", "</answer>")} | set(sampler.end_ids) == stop
     for gen, stopped in zip(a.tokens + c.tokens, a.stopped + c.stopped):  # a row ends exactly at its first stop id
         assert all(t not in stop for t in gen[:-1]) and (gen[-1] in stop) == stopped
 
@@ -85,7 +86,8 @@ def test_compiles_bounded_across_varying_prompts_and_new_params(setup):
         assert len(out.tokens) == n
         buckets.add((next_pow2(n), next_pow2(max(map(len, prompts)), 16)))
     assert len(buckets) >= 3  # the calls did span several buckets
-    assert sampler.trace_count == len(buckets) <= 6  # batch {1,2,4} x prompt {16,32}: one compile per bucket
+    # batch {1,2,4} x prompt {16,32}: one prefill and one decode compile per bucket
+    assert sampler.trace_count == 2 * len(buckets) <= 12
 
 
 def test_sample_token_distribution_and_filters():

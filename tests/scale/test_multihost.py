@@ -71,8 +71,8 @@ def _global_data(step: int):
 
 
 def _rollout_examples(db: str, tok) -> tuple[list[dict], int]:
-    """4 examples (host 0 gets 0-1, host 1 gets 2-3) and a length budget: 0-1 have prompts over it (truncated before
-    generating anything), 2-3 leave room for 8 new tokens."""
+    """4 examples (host 0 gets 0-1, host 1 gets 2-3) and a length budget: 0-1 have prompts over it (skipped as
+    prompt_too_long before generating anything), 2-3 leave room for 8 new tokens."""
     from agro_jax.rollout import agent
 
     schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)"
@@ -237,7 +237,7 @@ def test_two_hosts_match_one_host(tmp_path):
         assert got[g]["tokens"] == want["tokens"] and got[g]["mask"] == want["mask"], f"example {g}"
         assert (got[g]["reason"], got[g]["turns"], got[g]["reward"]) == (want["reason"], want["turns"], want["reward"])
         np.testing.assert_allclose(got[g]["logp"], want["logp"], rtol=1e-5, atol=1e-6, err_msg=f"example {g}")
-    assert [ref["rollouts"][g]["reason"] for g in "01"] == ["truncated"] * 2
+    assert [ref["rollouts"][g]["reason"] for g in "01"] == ["prompt_too_long"] * 2  # skipped, never cut
     assert [sum(ref["rollouts"][g]["mask"]) for g in "0123"] == [0, 0, 8, 8]  # 2-3 generated a full turn
     assert all(v < 0 for g in "23" for v in np.asarray(ref["rollouts"][g]["logp"])[-8:])
 
