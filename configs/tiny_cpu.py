@@ -85,6 +85,15 @@ def get_config(arg=None):
             "observation_max_rows": 5,
             "observation_max_chars": 300,
             "min_prompt_bucket": 64,  # sampler pads prompts to powers of two >= this (one compile per bucket)
+            # tags: strict <answer> (the training reward's) | tags_or_fence: a turn without agent tags answers with
+            # its last ```sql block (evaluating off-the-shelf models)
+            "answer_format": "tags",
+            # KV-cache slots (rows x slots, slots = max_total_len bucketed) one device holds per rollout chunk:
+            # prompts_per_step x group_size rows run in chunks of whole groups that fit (0: one chunk). Bytes per slot
+            # = 2 x layers x kv_heads x head_dim x dtype bytes: 512 B for this model, 24 KB for Qwen2.5-0.5B float32,
+            # 144 KB for Qwen3-8B bf16.
+            "max_cache_tokens": 262144,
+            "max_prefill_tokens": 8192,  # prompt rows x padded length per prefill call (its attention scores' size)
         }
     )
     # 256 trajectories / 8 per step x 8 epochs = 256 steps (~4 min on 2 cores); a from-scratch 64-wide model needs the
