@@ -71,16 +71,72 @@ def evaluate_predictions(examples, predicted_sqls, executor, mode: str = "bird",
     )
 
 
-def evaluate_policy(examples, generate_fn, executor, mode: str = "bird", batch_size: int = 16) -> dict:
-    """Hook for greedy policy rollouts: generate_fn(list[example]) -> list[final sql | None], then EX."""
-    preds = []
+def evaluate_policy(
+    examples, generate_fn, executor, mode: str = "bird", batch_size: int = 16, answer_format: str | None = None
+) -> dict:
+    """Hook for greedy policy rollouts, then EX. generate_fn(list[example]) -> per example the final SQL (str | None)
+    or a record (rollout.loop.greedy_generate_fn: final_sql, finish_reason, turns, token counts), which the report
+    keeps as that example's transcript (JSON) and summarises (finish reasons, prompt/generated tokens); a prompt over
+    rollout.max_prompt_len is not generated (finish reason prompt_too_long) and counts as no answer."""
+    outs = []
     for start in tqdm(range(0, len(examples), batch_size), desc="generate", unit="batch"):
         batch = examples[start : start + batch_size]
         out = list(generate_fn(batch))
         if len(out) != len(batch):
             raise ValueError(f"generate_fn returned {len(out)} SQLs for a batch of {len(batch)} examples")
-        preds += out
-    return evaluate_predictions(examples, preds, executor, mode)
+        outs += out
+    records = [o if isinstance(o, dict) else None for o in outs]
+    preds = [o["final_sql"] if isinstance(o, dict) else o for o in outs]
+    report = evaluate_predictions(examples, preds, executor, mode)
+    if answer_format is not None:
+        report["answer_format"] = answer_format
+    if any(r is not None for r in records):
+        recs = [r for r in records if r is not None]
+        for row, rec in zip(report["per_example"], records):
+            if rec is not None:
+                row["transcript"] = {k: v for k, v in rec.items() if k != "final_sql"}
+                row["finish_reason"] = rec.get("finish_reason")
+        prompt_n = sorted(int(r.get("prompt_tokens", 0)) for r in recs)
+        report["agent"] = dict(
+            finish_reasons=dict(collections.Counter(r.get("finish_reason") for r in recs)),
+            prompts_too_long=sum(r.get("finish_reason") == "prompt_too_long" for r in recs),
+            prompt_tokens=dict(
+                median=prompt_n[len(prompt_n) // 2], p95=prompt_n[int(0.95 * (len(prompt_n) - 1))], max=prompt_n[-1]
+            ),  # fmt: skip
+            generated_tokens_mean=sum(int(r.get("generated_tokens", 0)) for r in recs) / len(recs),
+            turns_mean=sum(int(r.get("num_turns", 0)) for r in recs) / len(recs),
+        )
+    return report
+
+
+def outcome(row: dict) -> str:
+    """One per-example outcome: the evaluator's reason, a missing answer split by how the rollout ended."""
+    if row["reason"] == "no_answer" and row.get("finish_reason"):
+        return f"no_answer ({row['finish_reason']})"
+    return row["reason"]
+
+
+def _failure_examples(report: dict, per_outcome: int = 2, max_chars: int = 600) -> list[str]:
+    groups = collections.defaultdict(list)
+    for row in report["per_example"]:
+        if not row["matched"] and "transcript" in row:
+            groups[outcome(row)].append(row)
+    lines = []
+    for name, rows in sorted(groups.items()):
+        lines += ["", f"### {name} ({len(rows)})"]
+        for row in rows[:per_outcome]:
+            tr = row["transcript"]
+            lines += ["", f"- example {row['index']} ({row['db_id']}): {row['question']}", f"  - gold: `{row['gold']}`",
+                      f"  - pred: `{row['pred']}` ({row.get('error_kind') or row['reason']})",
+                      f"  - prompt {tr.get('prompt_tokens')} tokens, {tr.get('num_turns')} turns, "
+                      f"{tr.get('generated_tokens')} generated, finish: {tr.get('finish_reason')}"]  # fmt: skip
+            for k, turn in enumerate(tr.get("turns", [])):
+                text = turn["text"] if len(turn["text"]) <= max_chars else turn["text"][:max_chars] + " ..."
+                lines += [f"  - turn {k} ({turn['tokens']} tokens, stop: {turn['stop']}):", "", "    ```text"]
+                lines += ["    " + x for x in text.splitlines()] + ["    ```"]
+                if turn.get("observation") is not None:
+                    lines += ["    observation: `" + turn["observation"].replace("\n", " / ")[:300] + "`"]
+    return lines
 
 
 def report_markdown(report: dict, title: str = "EX evaluation") -> str:
@@ -88,18 +144,32 @@ def report_markdown(report: dict, title: str = "EX evaluation") -> str:
         f"# {title}",
         "",
         f"mode: `{report['mode']}`, examples: {report['num_examples']}, "
-        f"**EX {100 * report['ex']:.2f}%** ({report['num_correct']}/{report['num_examples']})",
+        f"**EX {100 * report['ex']:.2f}%** ({report['num_correct']}/{report['num_examples']})"
+        + (f", answer format: `{report['answer_format']}`" if report.get("answer_format") else ""),
         "",
         "| difficulty | n | correct | EX % |",
         "|---|---:|---:|---:|",
     ]
     for d, s in report["by_difficulty"].items():
         lines.append(f"| {d} | {s['n']} | {s['correct']} | {100 * s['ex']:.2f} |")
+    outcomes = collections.Counter(outcome(r) for r in report["per_example"])
     lines += ["", "| outcome | count |", "|---|---:|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(report["reasons"].items())]
+    lines += [f"| {k} | {v} |" for k, v in sorted(outcomes.items())]
     if report["error_kinds"]:
         lines += ["", "| prediction error kind | count |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(report["error_kinds"].items())]
+    if report.get("agent"):
+        a = report["agent"]
+        p = a["prompt_tokens"]
+        lines += [
+            "",
+            f"agent: prompt tokens median {p['median']} / p95 {p['p95']} / max {p['max']}; "
+            f"{a['prompts_too_long']} prompts over rollout.max_prompt_len skipped (scored as no answer); "
+            f"{a['turns_mean']:.2f} turns and {a['generated_tokens_mean']:.1f} generated tokens per example",
+        ]
+        examples = _failure_examples(report)
+        if examples:
+            lines += ["", "## Failures: two examples of each outcome (full transcripts in the JSON)"] + examples
     return "\n".join(lines) + "\n"
 
 
@@ -165,7 +235,8 @@ def evaluate_checkpoint(config, examples, checkpoint, tokenizer, mode: str) -> d
     sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
     with jax.set_mesh(mesh), Executor.from_config(config.executor) as ex:
         generate = greedy_generate_fn(sampler, params, ex, config.rollout, seed=int(config.seed))
-        return evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size))
+        return evaluate_policy(examples, generate, ex, mode, int(config.eval.batch_size),
+                               answer_format=str(config.rollout.answer_format))  # fmt: skip
 
 
 def check_policy_path(path: str) -> None:
