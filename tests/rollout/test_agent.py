@@ -76,3 +76,26 @@ def test_render_transcript_masks_agent_pieces_only(tmp_path):
         i += len(ids)
     assert i == len(tokens) and tok.decode(tokens[-1:]) == "</answer>"
     assert agent.extract_final_sql(tok.decode(tokens[len(prompt) :])) == "S"
+
+
+FENCED = "Let's see.\n\n```sql\nSELECT 1\n```\n\nOr better:\n```sql\nSELECT a FROM t\n```"
+
+
+@pytest.mark.parametrize(
+    "text,strict,loose",
+    [
+        (FENCED, ("invalid", None), ("answer", "SELECT a FROM t")),  # the LAST ```sql block answers
+        ("<answer>SELECT 2</answer> ```sql\nSELECT 3\n```", ("answer", "SELECT 2"), ("answer", "SELECT 2")),  # tags win
+        ("<sql>SELECT 5</sql>", ("sql", "SELECT 5"), ("sql", "SELECT 5")),  # exploration is the same in both
+        ("```sql\nSELECT 4", ("invalid", None), ("invalid", None)),  # an unterminated fence is no answer
+        ("```python\nprint(1)\n```", ("invalid", None), ("invalid", None)),  # only sql / sqlite fences count
+    ],
+)
+def test_answer_formats(text, strict, loose):
+    assert agent.parse_action(text, "tags") == agent.Action(*strict)
+    assert agent.parse_action(text, "tags_or_fence") == agent.Action(*loose)
+    if strict[0] != "sql":
+        assert agent.extract_final_sql(text, "tags") == strict[1]
+        assert agent.extract_final_sql(text, "tags_or_fence") == loose[1]
+    with pytest.raises(ValueError, match=r"rollout.answer_format='fence' must be one of \('tags', 'tags_or_fence'\)"):
+        agent.parse_action("no tags", "fence")

@@ -159,3 +159,56 @@ def test_prompt_over_max_prompt_len_is_skipped_and_counted(env):
         assert (ro.finish_reasons[b] == "prompt_too_long") == o
         if o:  # never cut: the row is its whole prompt, nothing generated
             assert ro.valid_BxT[b].sum() == lens[b] and ro.loss_mask_BxT[b].sum() == 0 and ro.num_turns_B[b] == 0
+
+
+def test_eval_report_keeps_transcripts_and_counts_skipped_prompts(env, tmp_path):
+    import json
+
+    from agro_jax.eval.evaluate import evaluate_policy, write_report
+    from agro_jax.rollout.loop import greedy_generate_fn
+
+    tok, mcfg, graphdef, params, rest, examples, ex = env
+    lens = [len(agent.prompt_ids(tok, e["schema_text"], e["question"])) for e in examples]
+    cfg = ConfigDict(dict(CFG.to_dict(), max_prompt_len=sorted(lens)[1]))
+    sampler = Sampler(graphdef, rest, mcfg, tok, cfg, stop_strings=STOPS)
+    golds = [dict(e, sql=QUERIES[0], db_id="concert") for e in examples]
+    gen = greedy_generate_fn(sampler, params, ex, cfg, protocol=ExploreProtocol())
+    report = evaluate_policy(golds, gen, ex, mode="bird", batch_size=2, answer_format="tags")
+    assert report["answer_format"] == "tags" and report["agent"]["prompts_too_long"] == 2
+    assert report["agent"]["prompt_tokens"]["max"] == max(lens)
+    for row, n in zip(report["per_example"], lens):
+        tr = row["transcript"]
+        assert tr["prompt_tokens"] == n and set(tr) >= {"finish_reason", "num_turns", "generated_tokens", "turns"}
+        assert (tr["finish_reason"] == "prompt_too_long") == (n > cfg.max_prompt_len)
+        assert tr["generated_tokens"] == sum(t["tokens"] for t in tr["turns"])
+        assert all(set(t) >= {"text", "tokens", "stop"} for t in tr["turns"])
+    assert any("observation" in t for row in report["per_example"] for t in row["transcript"]["turns"])
+    jpath, mpath = write_report(report, str(tmp_path), "x")
+    assert json.load(open(jpath))["per_example"][0]["transcript"] == report["per_example"][0]["transcript"]
+    md = open(mpath).read()
+    assert "answer format: `tags`" in md and "2 prompts over rollout.max_prompt_len skipped" in md
+    assert "### no_answer (prompt_too_long) (2)" in md
+    for section in md.split("### ")[1:]:  # at most two examples under each failure outcome
+        assert 1 <= section.count("\n- example ") <= 2
+
+
+def test_compiles_stay_bounded_across_20_varied_steps(env):
+    """20 rollout steps like training: new params every step, 1-4 prompts, group size 1-3, sampled or greedy. The
+    shapes come from short bucket lists (rows: powers of two; slots and extension lengths: powers of two), so the
+    programs compile a bounded number of times and late steps reuse them."""
+    tok, mcfg, graphdef, params, rest, examples, ex = env
+    cfg = ConfigDict(dict(CFG.to_dict(), max_turns=2, max_new_tokens_per_turn=6))
+    sampler = Sampler(graphdef, rest, mcfg, tok, cfg, stop_strings=STOPS)
+    rng = np.random.default_rng(0)
+    counts = []
+    for step in range(20):
+        params = jax.tree.map(lambda x: x * 1.0001, params)  # fresh params every step, like training
+        exs = [examples[i] for i in rng.choice(4, int(rng.integers(1, 5)), replace=False)]
+        run_rollouts(sampler, params, exs, ex, cfg, group_size=int(rng.integers(1, 4)), rng=jax.random.key(step),
+                     greedy=bool(step % 2), protocol=ExploreProtocol())  # fmt: skip
+        counts.append(dict(sampler.traces))
+    # measured: prefill 3, decode 5, extend 3, rows 13; totals by step 4 7 10 12 16 16 18 18 18 21 | 21 ... 24
+    last, total = counts[-1], [sum(c.values()) for c in counts]
+    assert last["prefill"] <= 3  # prompt rows per call {1, 2, 4} x one prompt bucket
+    assert last["decode"] <= 6 and last["extend"] <= 6  # rows {1, 2, 4, 8, 16} x slots (x extension lengths)
+    assert total[-1] <= 30 and total[-1] - total[9] <= 5  # late steps reuse the programs
