@@ -11,7 +11,7 @@ same patterns backwards.
 
 `ModelQuestionGenerator(generate_fn)` asks a model (any `generate_fn(prompts) -> texts`, e.g.
 data_factory.model_loop.Policy over the project's sampler) to write the question from the SQL and schema, in one of
-several STYLES, and to rewrite it from the feedback of a failed check; empty answers fall back to the rule realizer.
+several STYLES, and to write a new one from the feedback of a failed check; empty answers fall back to the realizer.
 """
 
 from __future__ import annotations
@@ -196,14 +196,13 @@ class RuleQuestionGenerator:
 QUESTION_PROMPT = """Database tables:
 {schema}
 SQL: {sql}
-Write one question in plain English that this SQL query answers exactly. Say every condition, grouping, ordering
-and limit of the query in words; no SQL and no table.column names. {style}
+{feedback}Write one {new}question in plain English that this SQL query answers exactly. Say every condition, grouping,
+ordering and limit of the query in words; no SQL and no table.column names. {style}
 Answer with the question only."""
-# Feedback after a failed check cycle: what a reader made of the previous question (see verify.py).
-FEEDBACK_PROMPT = """
-Your previous question was: "{question}"
-{problem}
-Write a new question that fixes this."""
+# After a failed check cycle the prompt says what went wrong (verify._feedback: the reader's SQL with the executor's
+# observation of it and of the gold SQL, or the judge's complaint) BEFORE the instruction and does not quote the
+# failed question: with it quoted, Qwen2.5-Coder-0.5B copied it verbatim in 4 of 10 regenerations (0 in 10 without;
+# neither version rescued any of those 10, measured in benchmarks/RESULTS.md).
 # Several registers, so model-written questions do not all share one shape; attempt k of a candidate uses style
 # (hash(sql) + k) mod len(STYLES), so a regenerated question also changes register.
 STYLES = (
@@ -247,7 +246,7 @@ def first_question(text: str) -> str:
 
 class ModelQuestionGenerator:
     """Questions from a model: `generate_fn(prompts) -> completions`, one prompt per candidate (schema, SQL, a style
-    from STYLES, and on regeneration the previous question with what went wrong). The first non-empty line of each
+    from STYLES, and on regeneration what went wrong with the previous question). The first non-empty line of each
     completion is the question; empty ones fall back to `fallback` (the rule realizer by default, which needs a
     template spec; without one the question stays empty and the check rejects it). `last_by[i]` says who wrote the
     i-th question of the last call ("model" or "rules")."""
@@ -269,10 +268,8 @@ class ModelQuestionGenerator:
         c.style = zlib.crc32(f"{self.seed}:{c.sql}".encode()) + attempt
         style = STYLES[c.style % len(STYLES)][1]
         schema = render_schema(sql_tables(contexts[c.db_id].schema, c.sql), self.sample_values, self.schema_compact)
-        text = QUESTION_PROMPT.format(schema=schema, sql=c.sql, style=style)
-        if feedback:
-            text += FEEDBACK_PROMPT.format(question=c.question, problem=feedback.strip())
-        return text
+        fb = f"An earlier question for this SQL failed: {feedback.strip()}\n" if feedback else ""
+        return QUESTION_PROMPT.format(schema=schema, sql=c.sql, style=style, feedback=fb, new="new " if fb else "")
 
     def generate(self, candidates: list, contexts: dict, attempt: int = 0, feedback: list | None = None) -> list[str]:
         feedback = feedback or [None] * len(candidates)

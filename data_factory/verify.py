@@ -96,19 +96,19 @@ def tie_variants(sql: str, num_columns: int) -> tuple[str, str] | None:
 
 
 def _feedback(reason: str, detail: str = "", pred: str | None = None, obs: str = "", gold_obs: str = "") -> str:
-    """What the question writer is told about its last question (the executor's observations of both queries)."""
-    reader = "A reader who saw only the schema and your question"
+    """What the question writer is told about the failed question (the executor's observations of both queries)."""
+    reader = "from it a reader who saw only the schema"
     if reason == "question_empty":
-        return "It was empty."
+        return "it was empty."
     if reason == "judge_sql_leak":
-        return f"It was rejected because it copies SQL text ({detail}); say everything in plain words."
+        return f"it was rejected because it copied SQL text ({detail}); say everything in plain words."
     if reason == "judge_unknown_column":
-        return f"It was rejected because it names {detail}, which is not a column of the schema."
+        return f"it was rejected because it named {detail}, which is not a column of the schema."
     if reason == "check_unparseable":
-        return f"{reader} could not write any SQL for it."
+        return f"{reader} could not write any SQL."
     if reason == "check_error":
-        return f"{reader} wrote:\n{pred}\nwhich failed: {obs}"
-    return f"{reader} wrote:\n{pred}\nwhich returned:\n{obs}\nbut the SQL query above returns:\n{gold_obs}"
+        return f"{reader} wrote\n{pred}\nwhich failed: {obs}"
+    return f"{reader} wrote\n{pred}\nwhich returned:\n{obs}\nbut the SQL query above returns:\n{gold_obs}"
 
 
 class Verifier:

@@ -93,7 +93,7 @@ def _verifier(setup, script, k=3, judge=None):
 def test_wrong_question_is_regenerated_from_the_executor_feedback(setup):
     contexts, _ = setup
     cands = _cands(setup)
-    wrong = lambda p: "Your previous question" not in p  # noqa: E731  (right only once told what went wrong)
+    wrong = lambda p: "An earlier question for this SQL failed" not in p  # noqa: E731  (right only once told what went wrong)
     script = Script(cands, contexts, wrong=wrong)
     v = _verifier(setup, script, k=3)
     accepted, reasons = v.verify(cands)
@@ -102,8 +102,8 @@ def test_wrong_question_is_regenerated_from_the_executor_feedback(setup):
     assert len(script.writer_prompts) == 2 and len(script.reader_prompts) == 2  # batched: one call per cycle
     for c, p in zip(cands, script.writer_prompts[1]):
         first = v.audit[cands.index(c)]["attempts"][0]
-        assert f'Your previous question was: "{first["question"]}"' in p
-        assert f"your question wrote:\n{first['check_sql']}\nwhich returned:\n" in p  # the reader's SQL and rows
+        assert first["question"] not in p  # not quoted: the model would copy it
+        assert f"a reader who saw only the schema wrote\n{first['check_sql']}\nwhich returned:\n" in p  # its rows
         assert "but the SQL query above returns:" in p and _sql_of(p) == c.sql
     a = v.audit[0]
     assert (
@@ -146,13 +146,13 @@ def test_failing_checker_sql_feeds_back_the_execution_error(setup):
 def test_judge_flags_leaks_and_unknown_columns_and_feeds_them_back(setup):
     contexts, _ = setup
     cands = _cands(setup, n=6)
-    leak_once = lambda p: "Your previous question" not in p  # noqa: E731
+    leak_once = lambda p: "An earlier question for this SQL failed" not in p  # noqa: E731
     script = Script(cands, contexts, leak=leak_once)
     v = _verifier(setup, script, k=2, judge=RuleJudge())
     accepted, reasons = v.verify(cands)
     assert len(accepted) == 6 and not reasons and all(c.cycles == 2 for c in cands)
     assert len(script.reader_prompts) == 1  # flagged questions never reach the checker
-    assert all("copies SQL text" in p for p in script.writer_prompts[1])
+    assert all("copied SQL text" in p for p in script.writer_prompts[1])
     assert all(a["attempts"][0]["judge"] == "judge_sql_leak" for a in v.audit)
 
     always = Script(cands, contexts, leak=lambda p: True)
@@ -202,7 +202,7 @@ def encode_writer(prompts):
     out = []
     for p in prompts:
         sql = _sql_of(p)
-        bad = zlib.crc32(sql.encode()) % 3 == 0 and "Your previous question" not in p
+        bad = zlib.crc32(sql.encode()) % 3 == 0 and "An earlier question for this SQL failed" not in p
         out.append(f"Which rows answer puzzle {(sql + (' --' if bad else '')).encode().hex()}?")
     return out
 
