@@ -15,7 +15,7 @@ import jax
 from agro_jax.errors import UsageError
 from agro_jax.plan import programs, topologies
 
-PROGRAMS = ("grpo_update", "grpo_logp", "sft_step")
+PROGRAMS = ("grpo_update", "grpo_logp", "sft_step", "rollout_prefill", "rollout_decode")
 NOT_FIT = 3
 GIB = 1 << 30
 
@@ -29,14 +29,6 @@ def plan_arguments(p) -> None:
 
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f}"
-
-
-def _size(n: int) -> str:
-    """Bytes as G/M/K (binary units), 3 significant digits: table cells."""
-    for unit, scale in (("G", GIB), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(int(n))
 
 
 def _num(x: float) -> str:
@@ -55,9 +47,9 @@ def format_table(results: list, topology) -> str:
     for r in results:
         fits = "yes" if r.fits else "NO"
         bound = r.flops / chip.peak_bf16_flops
-        rows.append((r.name, r.shape, _size(r.argument_bytes), _size(r.temp_bytes), _size(r.output_bytes),
-                     _size(r.alias_bytes), _size(r.peak_bytes), _size(r.resident_bytes), _size(r.total_bytes), fits,
-                     _num(r.flops / 1e12), _num(bound), f"{r.compile_s:.0f}"))  # fmt: skip
+        sizes = [r.argument_bytes, r.temp_bytes, r.output_bytes, r.alias_bytes, r.peak_bytes, r.resident_bytes]
+        cells = [programs.size_str(n) for n in sizes + [r.total_bytes]]
+        rows.append((r.name, r.shape, *cells, fits, _num(r.flops / 1e12), _num(bound), f"{r.compile_s:.0f}"))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -75,7 +67,13 @@ def _select(spec: str) -> tuple[str, ...]:
 
 
 def build_programs(config, mesh, policy, names) -> list:
-    return [p for p in programs.training_programs(config, mesh, policy) if p.name in names]
+    progs = [p for p in programs.training_programs(config, mesh, policy) if p.name in names]
+    if any(n.startswith("rollout") for n in names):
+        from agro_jax.plan import rollout
+
+        held = programs.rollout_held_bytes(config, mesh, policy)
+        progs += [p for p in rollout.rollout_programs(config, mesh, policy, held) if p.name in names]
+    return progs
 
 
 def plan(config, topology_name: str, names=PROGRAMS, log=print) -> dict:

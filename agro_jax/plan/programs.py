@@ -28,11 +28,13 @@ from agro_jax.errors import UsageError
 class Program:
     name: str
     fn: object  # a jax.jit-wrapped function
-    args: tuple  # ShapeDtypeStructs with shardings (pytrees)
+    args: object  # tuple of ShapeDtypeStruct pytrees with shardings, or a function returning it
     shape: str  # e.g. "2560 rows = 40 x 64, T=8192"
     knobs: str  # config keys that move its memory
     resident_bytes: int = 0  # per chip: training state that stays in HBM while it runs but is not an argument
     steps: int = 1  # calls per optimizer step (FLOPs and the time bound are per step)
+    static: dict = dataclasses.field(default_factory=dict)  # static keyword arguments of the jitted function
+    on_compiled: object = None  # called with the compiled program (a later program's args may depend on it)
 
 
 @dataclasses.dataclass
@@ -147,6 +149,17 @@ def _micro(rows: int, micro: int, what: str) -> int:
     return rows // micro
 
 
+def rollout_held_bytes(config, mesh, policy) -> int:
+    """Per chip: the GRPO training state that stays in HBM through the rollouts besides the policy params (the Adam
+    state; the KL reference copy when beta > 0 without LoRA)."""
+    from agro_jax.train import optim
+
+    _, trained, frozen, *_ = policy
+    opt = abstract_opt_state(optim.make_optimizer(config.grpo.optim), trained, mesh)
+    ref = bytes_per_chip(trained) if float(config.grpo.beta) and not jax.tree.leaves(frozen) else 0
+    return bytes_per_chip(opt) + ref
+
+
 def training_programs(config, mesh, policy) -> list[Program]:
     """The GRPO update, its old/ref log-prob forward and the SFT step, with the config's batch shapes."""
     from agro_jax.rl import grpo
@@ -243,8 +256,9 @@ def measure(prog: Program, mesh, hbm_bytes: int) -> Measured:
     n = mesh.devices.size
     out = Measured(prog.name, prog.shape, prog.knobs, 0.0, resident_bytes=prog.resident_bytes)
     t0 = time.perf_counter()
+    args = prog.args() if callable(prog.args) else prog.args  # built late: may use an earlier program's shardings
     with jax.set_mesh(mesh):  # the model's activation constraints read the abstract mesh at trace time
-        traced = prog.fn.trace(*prog.args)
+        traced = prog.fn.trace(*args, **prog.static)
     out.flops = matmul_flops(traced.jaxpr) / n * prog.steps
     try:
         compiled = traced.lower().compile()
@@ -268,8 +282,18 @@ def measure(prog: Program, mesh, hbm_bytes: int) -> Measured:
     out.xla_flops = float((cost or {}).get("flops", 0.0))
     out.total_bytes = out.peak_bytes + out.resident_bytes
     out.fits = out.total_bytes <= hbm_bytes
+    if prog.on_compiled is not None:
+        prog.on_compiled(compiled)
     del compiled
     return out
+
+
+def size_str(n: int) -> str:
+    """Bytes as G/M/K (binary units), 3 significant digits."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))
 
 
 def param_count(tree) -> int:

@@ -29,16 +29,25 @@ def analytic_args_per_chip(chips=4, d=512, heads=8, kv=8, h=128, f=512, v=512, l
 
 def test_plan_arguments_equal_params_and_adam_state(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    code = cli.main(["plan", *SMALL, "--topology", "v5e-4", "--programs", "grpo_update", "--json", str(out)])
+    progs = "grpo_update,rollout_prefill,rollout_decode"
+    code = cli.main(["plan", *SMALL, "--topology", "v5e-4", "--programs", progs, "--json", str(out)])
     assert code == 0, capsys.readouterr().out
     report = json.loads(out.read_text())
-    (prog,) = report["programs"]
+    got = {p["name"]: p for p in report["programs"]}
     assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
-    assert prog["name"] == "grpo_update" and prog["fits"]
+    assert sorted(got) == sorted(progs.split(",")) and all(p["fits"] for p in got.values())
+    update = got["grpo_update"]
     want = analytic_args_per_chip()
-    assert abs(prog["argument_bytes"] / want - 1) < 0.02, (prog["argument_bytes"], want)
+    assert abs(update["argument_bytes"] / want - 1) < 0.02, (update["argument_bytes"], want)
     # no loop repeats a matmul here (M = 1, layers unrolled): the jaxpr count and XLA's cost analysis agree
-    assert 0.8 < prog["flops"] / prog["xla_flops"] < 1.2, (prog["flops"], prog["xla_flops"])
+    assert 0.8 < update["flops"] / update["xla_flops"] < 1.2, (update["flops"], update["xla_flops"])
+    # decode of the 32 rollout rows (8 prompts x G=4, one chunk) over 128 slots: float32 params + the K and V cache
+    # (1 layer x 8 kv heads x 128) + the rows' last logits, rows over the 4 chips; the Adam state is held beside it
+    params_chip = (want * 4 - 32 * 128 * 13 - 32 * 4) / 3 / 4
+    kv_chip = 2 * 32 * 128 * 8 * 128 * 4 / 4
+    decode = got["rollout_decode"]
+    assert abs(decode["argument_bytes"] / (params_chip + kv_chip + 32 * 512 * 4 / 4) - 1) < 0.05, decode
+    assert abs(decode["resident_bytes"] / (2 * params_chip) - 1) < 0.01, decode
     assert "| grpo_update" in capsys.readouterr().out
 
 
