@@ -70,12 +70,25 @@ def _quiet_unraisable(hook):
     return filtered
 
 
+class _QuietTensorstoreTasks(logging.Filter):
+    """Drops asyncio's 'Task exception was never retrieved' for tensorstore reads of a damaged step: orbax abandons
+    the sibling reads of a failed restore, and their tasks are logged when collected, possibly after we return."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "tensorstore_spec" in str(exc))
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Silences what a failed restore of a damaged step sprays: asyncio tracebacks (late callbacks, through
-    sys.unraisablehook, possibly after we return: that filter stays) and absl warnings about missing metadata."""
+    """Silences what a failed restore of a damaged step sprays: asyncio tracebacks (late callbacks through
+    sys.unraisablehook, abandoned tasks through the asyncio logger, possibly after we return: those filters stay)
+    and absl warnings about missing metadata."""
     if not getattr(sys.unraisablehook, "agro_quiet", False):
         sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _QuietTensorstoreTasks) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_QuietTensorstoreTasks())
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
