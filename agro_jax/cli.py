@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in argv if not a.startswith("--config.")]
     command = next((a for a in rest if not a.startswith("-")), None)
     parser, subparsers = build_parser(command if command in SUBCOMMANDS else None)
+    if command is not None and command not in SUBCOMMANDS:
+        close = difflib.get_close_matches(command, sorted(SUBCOMMANDS), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        parser.error(f"unknown command '{command}'; {hint}commands: {', '.join(sorted(SUBCOMMANDS))}")
     if command in subparsers:
         rest = dash_aliases(rest, subparsers[command])
     args, extra = parser.parse_known_args(rest)

@@ -65,6 +65,24 @@ def test_unknown_flag_is_one_line_with_a_suggestion(capsys):
     assert "unrecognized arguments: --polcy (did you mean --policy?)" in line
 
 
+@pytest.mark.parametrize(
+    "typed,meant", [("grp", "grpo"), ("evl", "eval"), ("reprot", "report"), ("getmodel", "get-model")]
+)
+def test_mistyped_command_is_one_line_with_a_suggestion(typed, meant, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([typed, "--workdir", "x"])
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"agro-sql: error: unknown command '{typed}'; did you mean '{meant}'? commands: ")
+
+
+def test_unrelated_command_lists_the_commands_without_a_guess(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["xyzzy"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown command 'xyzzy'; commands: convert, eval," in line and "did you mean" not in line
+
+
 def test_did_you_mean_finds_learning_rate_for_lr(capsys):
     line = cli_error(capsys, ["grpo", "--config.grpo.optim.lr=1e-3"])
     assert "unknown config key config.grpo.optim.lr" in line and "did you mean grpo.optim.learning_rate," in line
