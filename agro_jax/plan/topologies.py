@@ -129,7 +129,9 @@ def topology_devices(topology: Topology) -> list:
 
     require_libtpu()
     quiet_libtpu_env(topology)
-    bounds = (1, 1, 1) if topology.num_chips == 1 else (2, 2, 1)
+    # chips per host: 2x2x1 (a v4/v5p host; v5e/v6e hosts hold 4 or 8), clipped to grids smaller than that (v5p:2x1x1)
+    grid = topology.grid + (1,) * (3 - len(topology.grid))
+    bounds = tuple(min(g, b) for g, b in zip(grid, (2, 2, 1)))
     desc = topologies.get_topology_desc(
         platform="tpu",
         topology_name=topology.topology_name,

@@ -69,3 +69,12 @@ def test_plan_bad_topology_is_one_line(topology, words, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.parametrize("name,chips", [("v5p:2x1x1", 2), ("v5p:1x1x1", 1), ("v6e:1x2", 2)])
+def test_grids_smaller_than_a_host_give_their_chips(name, chips):
+    """A grid smaller than a host's 2x2x1 chips (libtpu rejected v5p:2x1x1 as not divisible by it) is one host."""
+    from agro_jax.plan import topologies
+
+    devices = topologies.topology_devices(topologies.parse_topology(name))
+    assert len(devices) == chips and all(d.platform == "tpu" for d in devices), devices
