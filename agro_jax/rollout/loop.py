@@ -77,11 +77,14 @@ def slot_cap(sampler, rollout_cfg) -> int:
     return next_pow2(int(rollout_cfg.max_total_len), sampler.min_prompt_bucket)
 
 
-def plan_chunks(num_groups: int, group_size: int, sampler, params, rollout_cfg) -> list[list[int]]:
+def plan_chunks(num_groups: int, group_size: int, sampler, params, rollout_cfg, lengths=None) -> list[list[int]]:
     """Groups per chunk so that a chunk's cache (rows bucketed to a power of two, each row slot_cap slots) fits
-    rollout.max_cache_tokens per device, the rows split over the batch shards of the params' mesh."""
+    rollout.max_cache_tokens per device, the rows split over the batch shards of the params' mesh. With `lengths`
+    (prompt tokens per group) chunks take groups in order of length, so a chunk pads its prompts little."""
     budget = int(rollout_cfg.get("max_cache_tokens", 0))
     groups = list(range(num_groups))
+    if lengths is not None:
+        groups.sort(key=lambda i: lengths[i])
     if budget <= 0 or not groups:
         return [groups]
     try:
@@ -141,17 +144,21 @@ def run_rollouts(
     texts, transcripts = [""] * n, [[] for _ in range(n)]
     final, reasons = [None] * n, ["max_turns"] * n
     turns = np.zeros(n, np.int32)
-    fits = [gi for gi, p in enumerate(prompts) if len(p) <= max_prompt]
+    fits = [gi for gi, p in enumerate(prompts) if len(p) <= max_prompt and len(p) < max_total]
     for i in range(n):
         if len(prompts[groups[i]]) > max_prompt:
             reasons[i] = "prompt_too_long"
+        elif len(prompts[groups[i]]) >= max_total:  # no room to generate: never prefilled
+            reasons[i] = "truncated"
     temp = 0.0 if greedy else None
     knobs = sampler.knobs(temperature=temp)
-    chunks = plan_chunks(len(fits), g, sampler, params, rollout_cfg) if fits else []
+    lengths = [len(prompts[gi]) for gi in fits]
+    chunks = plan_chunks(len(fits), g, sampler, params, rollout_cfg, lengths) if fits else []
     (n_chunks,) = process_max([len(chunks)])
     chunks += [[]] * (int(n_chunks) - len(chunks))  # a host with fewer chunks joins the collective calls empty
     host = jax.process_index() << 20
-    stats = {"chunks": len(chunks), "prompts_too_long": len(examples) - len(fits), "layouts": []}
+    too_long = sum(len(p) > max_prompt for p in prompts)
+    stats = {"chunks": len(chunks), "prompts_too_long": too_long, "layouts": []}
 
     for chunk in chunks:
         gids = [fits[c] for c in chunk]

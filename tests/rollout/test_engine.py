@@ -161,6 +161,24 @@ def test_prompt_over_max_prompt_len_is_skipped_and_counted(env):
             assert ro.valid_BxT[b].sum() == lens[b] and ro.loss_mask_BxT[b].sum() == 0 and ro.num_turns_B[b] == 0
 
 
+def test_prompt_without_room_to_generate_is_truncated_and_never_prefilled(env):
+    """A prompt within max_prompt_len but at least max_total_len tokens long has no slot left to generate into: it
+    ends "truncated" with no turn and is never prefilled (it could overflow the chunk's slot_cap slots)."""
+    tok, mcfg, graphdef, params, rest, examples, ex = env
+    lens = [len(agent.prompt_ids(tok, e["schema_text"], e["question"])) for e in examples]
+    cfg = ConfigDict(dict(CFG.to_dict(), max_total_len=sorted(lens)[2]))
+    sampler = Sampler(graphdef, rest, mcfg, tok, cfg, stop_strings=STOPS)
+    ro = run_rollouts(sampler, params, examples, ex, cfg, group_size=1, rng=jax.random.key(0), greedy=True,
+                      protocol=ExploreProtocol())  # fmt: skip
+    full = [n >= cfg.max_total_len for n in lens]
+    assert sum(full) == 2 and ro.stats["prompts_too_long"] == 0
+    assert ro.stats["prefill_tokens"] == sum(n for n, f in zip(lens, full) if not f)
+    for b, f in enumerate(full):
+        assert (ro.finish_reasons[b] == "truncated" and ro.num_turns_B[b] == 0) == f
+        if f:
+            assert ro.valid_BxT[b].sum() == lens[b] and ro.loss_mask_BxT[b].sum() == 0 and not ro.transcripts[b]
+
+
 def test_eval_report_keeps_transcripts_and_counts_skipped_prompts(env, tmp_path):
     import json
 
