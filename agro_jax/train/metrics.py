@@ -31,10 +31,12 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(str(self.dir / "tb"))
         self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)
-        self._t0 = time.time()
+        self._t0, self._c0 = time.time(), time.process_time()
 
     def write(self, step: int, metrics: dict) -> None:
-        row = {"step": int(step), "time": time.time() - self._t0}
+        # time/cpu: this process's CPU seconds (all threads) since the writer opened; on a shared machine the wall
+        # `time` grows with the load, CPU time much less, so both are kept
+        row = {"step": int(step), "time": time.time() - self._t0, "time/cpu": time.process_time() - self._c0}
         for k, v in metrics.items():
             try:
                 row[k] = _scalar(v)
