@@ -3,6 +3,7 @@
 Reads whatever the run has (every input is optional, every metric key is optional):
   <workdir>/sft/metrics.jsonl, <workdir>/grpo/metrics.jsonl   one line per step (agro_jax.train.metrics.MetricsWriter)
   <workdir>/eval/*.json                                         eval reports: {"ex": .., "n": .., "by_difficulty": ..}
+  <workdir>/eval/spider/*.json                                  the eval stages' Spider subset (agent_report.py)
   <workdir>/eval/benchmarks/*.json                              `agro-sql eval` of other data: listed beside the table
   <workdir>/factory/summary.json (or any */*stats*.json)         data factory summary: counts, histograms, rejections
 and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, grpo_change.png, factory.png}. A panel whose
@@ -256,8 +257,10 @@ def write_report(workdir, out_dir=None) -> pathlib.Path:
     eval_md = eval_section(evals, out_dir)
     md += eval_md
     missing += [] if eval_md else ["eval/*.json"]
+    from agro_jax.eval.agent_report import agent_section
     from agro_jax.eval.grpo_change import grpo_change_section
 
+    md += agent_section(workdir)  # strict vs tags-or-fence EX, turns, exploration errors, transcripts (base/sft/grpo)
     md += grpo_change_section(workdir, out_dir)
     md += other_evals_section(sorted((workdir / "eval" / "benchmarks").glob("*.json")))
     if missing:
