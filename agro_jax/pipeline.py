@@ -1,14 +1,22 @@
 """`agro-sql run`: the whole AGRO-SQL pipeline in one command, stage by stage, each resumable from its outputs.
 
-    factory -> tokenizer -> sft -> eval_sft -> grpo -> eval_grpo -> report
+    factory -> tokenizer -> eval_base -> sft -> eval_sft -> grpo -> eval_grpo -> report
 
 Run folder (<workdir>):
     factory/{databases/, examples.jsonl, summary.json, summary.md, tfds/}   verified synthetic data (TFDS ArrayRecord)
     tokenizer/                      byte-level BPE trained on the train split (skipped if config.tokenizer.path is set)
     sft/, grpo/                     checkpoints/, metrics.jsonl, tb/, hf/ (see agro_jax/train/stages.py)
-    eval/{sft,grpo}.{json,md}       EX on the held-out split with the greedy agent (EX before vs after GRPO)
+    eval/{base,sft,grpo}.{json,md}  EX on the held-out split with the greedy agent (agro_jax/eval/agent_eval.py:
+                                    strict tags and tags-or-fence EX, turns, exploration errors, transcripts)
+    eval/spider/{base,sft,grpo}.*   the same on a fixed Spider subset (config eval.spider_dir, every
+                                    eval.spider_every-th executable example; off when spider_dir is "")
     report/report.md + PNGs         agro_jax/eval/report.py
-    stages.json                     finished stages with their outputs and wall times
+    stages.json                     finished stages with their outputs, wall and CPU seconds and load average
+
+eval_base evaluates the pretrained policy (config.model.hf_path) before any training; it runs when config.eval.base
+is set (a from-scratch model has nothing to evaluate before training). Eval stages keep finished batches in
+eval/.partial/, so a killed evaluation resumes at its next batch. Evaluation and GRPO's init_from read a stage's
+checkpoints dir, not a step dir: a damaged latest step falls back to the newest intact one.
 
 A stage is skipped when its marker is in stages.json and its outputs still exist; training stages killed midway
 resume from their own latest checkpoint. `--stages sft,eval_sft` runs a subset; `--force` reruns the named stages
@@ -22,7 +30,7 @@ import os
 import pathlib
 import time
 
-STAGES = ("factory", "tokenizer", "sft", "eval_sft", "grpo", "eval_grpo", "report")
+STAGES = ("factory", "tokenizer", "eval_base", "sft", "eval_sft", "grpo", "eval_grpo", "report")
 
 
 def stage_error(stages) -> str | None:
@@ -68,10 +76,13 @@ class Pipeline:
                 self.log(f"[run] {stage}: done earlier ({self.state[stage]['seconds']} s), skipping")
                 continue
             self.log(f"[run] === {stage} ===")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outputs, extra = getattr(self, f"stage_{stage}")()
-            self._mark(stage, outputs, time.perf_counter() - t0, **extra)
-            self.log(f"[run] {stage}: {time.perf_counter() - t0:.1f} s")
+            # CPU seconds of this process (all threads; not the executor workers) beside the wall time: on a shared
+            # machine the wall time grows with the load average, which is recorded at the stage's end
+            cpu, load = round(time.process_time() - c0, 1), [round(x, 2) for x in os.getloadavg()]
+            self._mark(stage, outputs, time.perf_counter() - t0, cpu_s=cpu, load=load, **extra)
+            self.log(f"[run] {stage}: {time.perf_counter() - t0:.1f} s (CPU {cpu} s, load {load[0]})")
         self.log(f"[run] finished in {time.perf_counter() - t_all:.1f} s; report: {self.workdir / 'report/report.md'}")
         return self.state
 
@@ -117,7 +128,8 @@ class Pipeline:
         over = sum(n > limit for n in lens)
         self.log(f"[run] prompt tokens: median {lens[len(lens) // 2]}, max {lens[-1]}; limit {limit}")
         if over:
-            self.log(f"[run] WARNING {over}/{len(lens)} prompts exceed rollout.max_prompt_len={limit} (left-truncated)")
+            self.log(f"[run] WARNING {over}/{len(lens)} prompts exceed rollout.max_prompt_len={limit}: rollouts skip "
+                     "them (finish reason prompt_too_long, no answer)")  # fmt: skip
 
     def tokenizer(self):
         if self._tokenizer is None:
@@ -135,9 +147,17 @@ class Pipeline:
     def stage_grpo(self):
         from agro_jax.train.stages import run_grpo
 
-        init = self._checkpoint("sft")
+        init = self._checkpoints("sft")
         final = run_grpo(self.config, self.workdir, init_from=init, tokenizer=self.tokenizer())
         return [final], {"checkpoint": str(final), "init_from": str(init)}
+
+    def stage_eval_base(self):
+        if not self.config.eval.get("base", False):
+            self.log("[run] eval_base: off (config.eval.base)")
+            return [], {"skipped": "config.eval.base is off"}
+        if not self.config.model.get("hf_path"):
+            raise ValueError("eval_base needs a pretrained policy: config.model.hf_path is empty")
+        return self._evaluate("base")
 
     def stage_eval_sft(self):
         return self._evaluate("sft")
@@ -153,35 +173,62 @@ class Pipeline:
 
     # --------------------------------------------------------------------------------------------------- helpers
 
-    def _checkpoint(self, stage: str) -> pathlib.Path:
-        rec = self.state.get(stage, {})
-        if rec.get("checkpoint") and pathlib.Path(rec["checkpoint"]).exists():
-            return pathlib.Path(rec["checkpoint"])
-        from agro_jax.train.checkpoint import Checkpointer
-
-        ckpt = Checkpointer(self.workdir / stage / "checkpoints", async_save=False)
-        step = ckpt.latest_step()
-        ckpt.close()
-        if step is None:
+    def _checkpoints(self, stage: str) -> pathlib.Path:
+        """<workdir>/<stage>/checkpoints, the directory and not one step of it: evaluation and GRPO's init_from load
+        its newest intact step, so a damaged latest step falls back to the one before (with a warning line naming
+        the file; agro_jax/train/checkpoint.py load_params) where a step dir would be an error."""
+        d = self.workdir / stage / "checkpoints"
+        if not d.is_dir() or not any(p.name.isdigit() for p in d.iterdir()):
             raise FileNotFoundError(f"no {stage} checkpoint under {self.workdir / stage}; run the {stage} stage first")
-        return self.workdir / stage / "checkpoints" / str(step)
+        return d
 
     def _evaluate(self, stage: str):
-        """Greedy multi-turn agent on the held-out split, scored by execution (EX) with the configured compare mode."""
+        """Greedy multi-turn agent on the held-out split (and the Spider subset when eval.spider_dir is set), scored
+        by execution (EX) under both answer formats (agro_jax/eval/agent_eval.py)."""
         from agro_jax.data.loader import load_examples
         from agro_jax.eval import evaluate
+        from agro_jax.eval.agent_eval import GreedyAgent, evaluate_agent
 
         cfg = self.config
+        policy = cfg.model.hf_path if stage == "base" else self._checkpoints(stage)
+        policy_agent = GreedyAgent(cfg, policy, self.tokenizer())  # one load for both example sets
         examples = load_examples(cfg.data.data_dir, cfg.eval.split)
         if int(cfg.eval.max_examples) > 0:
             examples = examples[: int(cfg.eval.max_examples)]
-        report = evaluate.evaluate_checkpoint(
-            cfg, examples, self._checkpoint(stage), self.tokenizer(), str(cfg.eval.mode)
-        )
-        report["name"] = stage
-        jpath, mpath = evaluate.write_report(report, str(self.workdir / "eval"), stage)
-        self.log(f"[run] EX after {stage}: {100 * report['ex']:.2f}% on {report['num_examples']} held-out examples")
-        return [jpath, mpath], {"ex": report["ex"], "n": report["num_examples"]}
+        sets = [("held-out", examples, str(cfg.eval.mode), self.workdir / "eval")]
+        if cfg.eval.get("spider_dir"):
+            sets.append(("Spider", self._spider_examples(), "spider", self.workdir / "eval" / "spider"))
+        outputs, extra = [], {"policy": str(policy)}
+        for label, exs, mode, out in sets:
+            partial = self.workdir / "eval" / ".partial" / f"{out.name}_{stage}.jsonl"
+            report = evaluate_agent(cfg, exs, policy_agent, self.tokenizer(), mode, str(partial), self.log)
+            report["name"] = stage
+            outputs += evaluate.write_report(report, str(out), stage)
+            partial.unlink(missing_ok=True)  # the report holds every record now; a --force rerun starts afresh
+            if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+                partial.parent.rmdir()
+            key = "ex" if label == "held-out" else "spider_ex"
+            extra.update({key: report["ex"], f"{key}_tags_or_fence": report["tags_or_fence"]["ex"]})
+            extra["n" if label == "held-out" else "spider_n"] = report["num_examples"]
+            self.log(f"[run] EX of {stage} on {report['num_examples']} {label} examples: {100 * report['ex']:.2f}% "
+                     f"(tags-or-fence {100 * report['tags_or_fence']['ex']:.2f}%)")  # fmt: skip
+        return outputs, extra
+
+    def _spider_examples(self) -> list:
+        from agro_jax.eval.agent_eval import spider_subset
+        from agro_jax.sql.executor import Executor
+
+        cfg = self.config
+        if not pathlib.Path(cfg.eval.spider_dir).is_dir():
+            raise FileNotFoundError(f"config.eval.spider_dir={cfg.eval.spider_dir}: no such directory (give a Spider "
+                                    "copy with dev.json and database/, or '' for the held-out split only)")  # fmt: skip
+        with Executor.from_config(cfg.executor) as ex:
+            examples = spider_subset(cfg.eval.spider_dir, int(cfg.eval.spider_every), ex, str(cfg.eval.spider_split),
+                                     compact=bool(cfg.factory.schema_compact),
+                                     sample_values=int(cfg.factory.schema_sample_values))  # fmt: skip
+        if int(cfg.eval.get("spider_max_examples", 0)) > 0:
+            examples = examples[: int(cfg.eval.spider_max_examples)]
+        return examples
 
 
 def run_arguments(p) -> None:

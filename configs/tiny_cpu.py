@@ -122,5 +122,19 @@ def get_config(arg=None):
         }
     )
     c.checkpoint = ConfigDict({"every_steps": 10, "keep": 2, "async_save": True, "export_hf": True})
-    c.eval = ConfigDict({"split": "test", "mode": "bird", "max_examples": 0, "batch_size": 16})
+    c.eval = ConfigDict(
+        {
+            "split": "test",
+            "mode": "bird",
+            "max_examples": 0,
+            "batch_size": 16,
+            "base": False,  # eval_base stage: the pretrained policy (model.hf_path) before training
+            # + a Spider subset in every eval stage: every k-th executable example of spider_split, schema text as the
+            # factory's (agro_jax/eval/agent_eval.py spider_subset); "" = the held-out split only
+            "spider_dir": "",
+            "spider_split": "dev",
+            "spider_every": 20,
+            "spider_max_examples": 0,
+        }
+    )
     return c

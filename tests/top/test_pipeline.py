@@ -46,7 +46,8 @@ def test_every_stage_leaves_its_outputs(run_dir: pathlib.Path):
     assert (run_dir / "factory/tfds/agro_sql/1.0.0/dataset_info.json").is_file()
     assert (run_dir / "tokenizer/tokenizer.json").is_file()
     assert state["sft"]["checkpoint"].endswith("sft/checkpoints/2")  # 16 trajectories / batch 8 x 1 epoch
-    assert state["grpo"]["init_from"] == state["sft"]["checkpoint"]
+    assert state["grpo"]["init_from"] == str(run_dir / "sft/checkpoints")  # its newest intact step
+    assert state["eval_base"] == {**state["eval_base"], "outputs": [], "skipped": "config.eval.base is off"}
     assert state["grpo"]["checkpoint"].endswith("grpo/checkpoints/2")
     assert (run_dir / "grpo/hf/config.json").is_file() and (run_dir / "sft/hf/config.json").is_file()
     rows = [json.loads(line) for line in (run_dir / "grpo/metrics.jsonl").read_text().splitlines()]
@@ -121,3 +122,18 @@ def test_grpo_alone_finds_the_runs_data_and_sft_checkpoint(run_dir: pathlib.Path
     assert cli.main(args) == 0
     assert f"grpo: starting from the SFT checkpoint {work}/sft/checkpoints/2" in capsys.readouterr().out
     assert (work / "grpo/checkpoints/1").is_dir()
+
+
+def test_eval_of_a_damaged_latest_checkpoint_falls_back_to_the_step_before(run_dir: pathlib.Path, tmp_path, caplog):
+    """eval_sft loads the SFT checkpoints dir, not the recorded step dir: a damaged latest step (emptied _METADATA)
+    is skipped with one warning line and step 1 is evaluated (a step dir would have been a DamagedCheckpoint error)."""
+    import shutil
+
+    work = tmp_path / "w"
+    for part in ("factory", "tokenizer", "sft"):
+        shutil.copytree(run_dir / part, work / part)
+    (work / "sft/checkpoints/2/state/_METADATA").write_bytes(b"")
+    assert _run(work, "--stages", "eval_sft") == 0
+    assert "checkpoint step 2 is damaged" in caplog.text and "using step 1 instead" in caplog.text
+    state = json.loads((work / "stages.json").read_text())
+    assert state["eval_sft"]["policy"] == str(work / "sft/checkpoints") and state["eval_sft"]["n"] == 8
