@@ -1,17 +1,25 @@
-"""GRPO step time: agro-jax vs TRL GRPOTrainer on the same tiny Qwen2, prompts, group size and lengths (CPU).
+"""GRPO step time: agro-jax vs TRL GRPOTrainer vs Tunix GRPOLearner on the same tiny Qwen2, prompts, group size and
+lengths (CPU), in one run.
 
 One step = sample G completions for each prompt + reward + one optimizer update (beta=0, mu=1, no eval, no logging
 sinks). Both sides load the same local HF checkpoint; completions are forced to the full length on both sides
 (TRL: min_new_tokens; agro-jax: no stop token) so they do the same amount of work.
 
+Tunix (google-tunix 0.1.7 pins safetensors<0.8) runs in its own venv, as a subprocess (benchmarks/grpo_bench_tunix.py)
+on the same checkpoint dir and prompts: `python -m venv /work/venvs/tunix && /work/venvs/tunix/bin/pip install
+google-tunix==0.1.7`; its completions are forced to full length with an EOS id that is never sampled.
+
 Run: python benchmarks/grpo_bench.py [--steps 10] [--prompts 8] [--group 4] [--completion 32] [--torch-threads 1]
+                                     [--tunix-python /work/venvs/tunix/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,13 +82,17 @@ def bench_trl(model_dir: str, tokenizer, prompts, group: int, completion: int, s
     from trl import GRPOConfig, GRPOTrainer
 
     times: list[float] = []
+    cpu: list[float] = []  # process CPU seconds per step (all threads): less sensitive to a busy machine than wall
+    ends: list[float] = []  # step end times: intervals between them include whatever runs between steps
 
     class Clock(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
+            cpu.append(time.process_time() - self.c0)
+            ends.append(time.perf_counter())
 
     args = GRPOConfig(
         output_dir=os.path.join(model_dir, "trl_out"),
@@ -113,12 +125,27 @@ def bench_trl(model_dir: str, tokenizer, prompts, group: int, completion: int, s
         callbacks=[Clock()],
     )
     trainer.train()
-    return times
+    return times, cpu, ends
+
+
+def bench_tunix(python: str, model_dir: str, prompts, group: int, completion: int, steps: int) -> dict:
+    """Tunix side in its venv: {"times": per-step s, "rollout_s": per-step rollout s, "completion_len": [min, max],
+    ...} (see grpo_bench_tunix.py)."""
+    spec = os.path.join(model_dir, "tunix_spec.json")
+    with open(spec, "w") as f:
+        json.dump({"model_dir": model_dir, "prompts": prompts, "group": group, "completion": completion,
+                   "steps": steps, "lr": 1e-4}, f)  # fmt: skip
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_bench_tunix.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = subprocess.run([python, script, spec], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"Tunix side failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, steps: int, config_spec: str):
     """agro-jax step: HF import -> sample (jitted) -> reward -> grpo.make_update_step.
-    Returns (per-step seconds, per-step (sample s, reward + update s))."""
+    Returns (per-step seconds, per-step (sample s, reward + update s), per-step process CPU seconds)."""
     import jax
     import numpy as np
 
@@ -157,13 +184,13 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
     loss_mask = np.zeros((n, t), np.float32)
     loss_mask[:, p_len:] = 1.0
     valid = np.concatenate([pvalid, np.ones((n, completion), bool)], 1)
-    times, split = [], []
+    times, split, cpu, ends = [], [], [], []
     with jax.set_mesh(mesh):
         # Inside the mesh, as train.train_loop does: an opt_state made outside it has unsharded scalar counts that
         # differ from the step's outputs, which would compile the update a second time at step 2.
         opt_state = opt.init(params)
         for s in range(steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = sampler.generate(params, prompt_rows, jax.random.key(s))
             t_sample = time.perf_counter() - t0
             tokens = np.concatenate([prompt, np.asarray(out.tokens, np.int32)], 1)
@@ -182,8 +209,10 @@ def bench_agro(model_dir: str, tokenizer, prompts, group: int, completion: int, 
             params, opt_state, m = step_fn(params, opt_state, shard_batch(grpo.to_micro(batch.tree(), 1), mesh))
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            ends.append(time.perf_counter())
             split.append((t_sample, times[-1] - t_sample))
-    return times, split
+    return times, split, cpu, ends
 
 
 def main(argv=None) -> int:
@@ -196,6 +225,9 @@ def main(argv=None) -> int:
     # Tiny models run thousands of small torch ops per step; on a busy machine each 2-thread parallel region can wait
     # a scheduler quantum for a descheduled thread (TRL 4-16x slower), so 1 thread is the default, as in rollout_bench.
     ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument(
+        "--tunix-python", default="/work/venvs/tunix/bin/python", help="python of the Tunix venv ('': skip)"
+    )
     a = ap.parse_args(argv)
     d = tempfile.mkdtemp(prefix="grpo_bench_")
     tok = make_tiny_qwen2(d)
@@ -206,24 +238,40 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.torch_threads)
     rows = []
     load0 = os.getloadavg()[0]
-    agro, split = bench_agro(d, tok, prompts, a.group, a.completion, a.steps, a.config)
-    rows.append(("agro-jax (KV-cache Sampler + jitted update)", agro))
-    rows.append(("TRL GRPOTrainer (torch CPU)", bench_trl(d, tok, prompts, a.group, a.completion, a.steps)))
+    agro, split, agro_cpu, agro_ends = bench_agro(d, tok, prompts, a.group, a.completion, a.steps, a.config)
+    rows.append(("agro-jax (KV-cache Sampler + jitted update)", agro, agro_cpu, agro_ends))
+    rows.append(("TRL GRPOTrainer (torch CPU)", *bench_trl(d, tok, prompts, a.group, a.completion, a.steps)))
+    tunix = None
+    if a.tunix_python:
+        tunix = bench_tunix(a.tunix_python, d, prompts, a.group, a.completion, a.steps)
+        rows.append(("Tunix GRPOLearner (JAX CPU, vanilla rollout)", tunix["times"], tunix["cpu_s"], tunix["ends"]))
     print(
         f"\nprompts={a.prompts} G={a.group} completion={a.completion} tokens, tiny Qwen2 (hidden 64, 2 layers), "
         f"{a.steps} steps; first step (compile/warm-up) excluded from the median and min; "
         f"torch threads {torch.get_num_threads()}; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n"
     )
-    print("| trainer | first step s | median step s (steps 2..N) | min step s | completions/s (median) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, ts in rows:
-        med = statistics.median(ts[1:])
-        print(f"| {name} | {ts[0]:.2f} | {med:.3f} | {min(ts[1:]):.3f} | {a.prompts * a.group / med:.1f} |")
+    print("| trainer | first step s | median step s (steps 2..N) | min step s | completions/s (median) | "
+          "agro-jax speedup (median / min) | median CPU s per step | median s between step ends |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    agro_med, agro_min = statistics.median(agro[1:]), min(agro[1:])
+    for name, ts, cs, es in rows:
+        med, gap = statistics.median(ts[1:]), statistics.median(b - e for e, b in zip(es, es[1:]))
+        print(f"| {name} | {ts[0]:.2f} | {med:.3f} | {min(ts[1:]):.3f} | {a.prompts * a.group / med:.1f} | "
+              f"{med / agro_med:.2f}x / {min(ts[1:]) / agro_min:.2f}x | {statistics.median(cs[1:]):.3f} | "
+              f"{gap:.3f} |")  # fmt: skip
     sample_s, update_s = (statistics.median(x[i] for x in split[1:]) for i in (0, 1))
     print(f"\nagro-jax median split: sample {sample_s:.3f} s + reward/update {update_s:.3f} s")
     print(f"agro-jax first step (compiles): sample {split[0][0]:.2f} s + reward/update {split[0][1]:.2f} s")
     print("agro-jax per step s:", " ".join(f"{t:.3f}" for t in agro))
     print("TRL per step s:", " ".join(f"{t:.3f}" for t in rows[1][1]))
+    if tunix is not None:
+        roll = statistics.median(tunix["rollout_s"][1:])
+        print(
+            f"Tunix median split: rollout {roll:.3f} s + the rest {statistics.median(tunix['times'][1:]) - roll:.3f} s;"
+            f" {tunix['train_steps']} train steps, completion tokens trained on {tunix['completion_len']} "
+            f"(a sampled pad id is masked), prompt padded to {tunix['prompt_len']}"
+        )
+        print("Tunix per step s:", " ".join(f"{t:.3f}" for t in tunix["times"]))
     return 0
 
 
