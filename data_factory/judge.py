@@ -4,12 +4,13 @@ A flagged question fails its check cycle with the judge's complaint fed back to 
 after K cycles, the candidate is dropped with the judge's reason.
 
 - `RuleJudge` (the default for model-written questions): SQL leaks are visible in the text (upper-case SQL keywords,
-  `COUNT(`-style calls, comparison operators between identifiers, `table.column` references, code fences), and a
-  column the schema lacks is visible when it is written as an identifier (snake_case or `table.column`).
+  `COUNT(`-style calls, comparison operators between identifiers, `table.column` references, code fences, and talk
+  about SQL itself: "Write a SQL query that...", "How does the SQL query group..."), and a column the schema lacks is
+  visible when it is written as an identifier (snake_case or `table.column`).
   It cannot see a column named in plain words ("the student's email address"); that question's SQL fails at
   execution instead (the checker writes a query against a column that does not exist).
-- `ModelJudge(generate_fn)` asks the policy for a one-word verdict. On Qwen2.5-Coder-0.5B-Instruct it is too weak
-  to be the default (measured in benchmarks/RESULTS.md, "Data factory with the real model in the loop").
+- `ModelJudge(generate_fn)` asks the policy for a one-word verdict; rules stay the default (`benchmarks/
+  factory_model_bench.py --judge-eval` scores both on labeled questions).
 
     flags = RuleJudge().judge(questions, contexts)   # per question: None or (reason, detail)
 """
@@ -26,6 +27,9 @@ _KEYWORDS = re.compile(
 _CALL = re.compile(r"\b(COUNT|SUM|AVG|MIN|MAX)\s*\(\s*[\w.*]", re.I)
 _OPERATOR = re.compile(r"[A-Za-z_]\w*\s*(<>|!=|>=|<=|==|=)\s*['\"\w]")
 _FENCE = re.compile(r"```|`[^`]+`")
+# Talk about SQL: 60 of 358 questions Qwen2.5-Coder-0.5B wrote in the factory bench (benchmarks/RESULTS.md, "factory:
+# model in the loop"); 7 of its 66 accepted ones, each read by hand: a request for a query or a preamble, no question.
+_SQL_TALK = re.compile(r"\bSQL\b", re.I)
 _DOTTED = re.compile(r"\b([A-Za-z_]\w*)\.([A-Za-z_]\w*)\b")
 _SNAKE = re.compile(r"\b[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+\b")
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
@@ -48,7 +52,7 @@ class RuleJudge:
                 if c in tables[t]:
                     return "judge_sql_leak", m.group(0)
                 return "judge_unknown_column", m.group(0)
-        for pattern in (_FENCE, _KEYWORDS, _CALL, _OPERATOR):
+        for pattern in (_FENCE, _KEYWORDS, _CALL, _OPERATOR, _SQL_TALK):
             m = pattern.search(text)
             if m:
                 return "judge_sql_leak", m.group(0).strip()

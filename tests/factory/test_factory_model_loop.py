@@ -177,6 +177,8 @@ def test_rule_judge_verdicts(setup):
         "What is the COUNT(*) of students?": "judge_sql_leak",
         "Which students have gpa >= 3.5?": "judge_sql_leak",
         "Give the names of students `WHERE gpa` is high.": "judge_sql_leak",
+        "Write a new SQL query in plain English that counts the students.": "judge_sql_leak",
+        "How does the sql query group the students by department?": "judge_sql_leak",
         "How many students have a student.email_address?": "judge_unknown_column",
         "List the phone_number of every instructor.": "judge_unknown_column",
     }
