@@ -10,6 +10,7 @@ on the same checkpoint dir and prompts: `python -m venv /work/venvs/tunix && /wo
 google-tunix==0.1.7`; its completions are forced to full length with an EOS id that is never sampled.
 
 Run: python benchmarks/grpo_bench.py [--steps 10] [--prompts 8] [--group 4] [--completion 32] [--torch-threads 1]
+                                     [--hidden 64] [--layers 2]
                                      [--tunix-python /work/venvs/tunix/bin/python]
 """
 
@@ -111,6 +112,7 @@ def bench_trl(model_dir: str, tokenizer, prompts, group: int, completion: int, s
         save_strategy="no",
         dataloader_num_workers=0,
         bf16=False,
+        gradient_checkpointing=False,  # TRL 1.16 defaults to True; agro-jax (remat none) and Tunix keep activations
         shuffle_dataset=False,
         disable_tqdm=True,
     )
@@ -221,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--completion", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=64, help="the random Qwen2's hidden size (MLP 3x, 4 heads)")
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--config", default="configs/tiny_cpu.py")
     # Tiny models run thousands of small torch ops per step; on a busy machine each 2-thread parallel region can wait
     # a scheduler quantum for a descheduled thread (TRL 4-16x slower), so 1 thread is the default, as in rollout_bench.
@@ -230,7 +234,7 @@ def main(argv=None) -> int:
     )
     a = ap.parse_args(argv)
     d = tempfile.mkdtemp(prefix="grpo_bench_")
-    tok = make_tiny_qwen2(d)
+    tok = make_tiny_qwen2(d, a.hidden, a.layers)
     prompts = make_prompts(a.prompts)
     import torch
 
@@ -246,7 +250,8 @@ def main(argv=None) -> int:
         tunix = bench_tunix(a.tunix_python, d, prompts, a.group, a.completion, a.steps)
         rows.append(("Tunix GRPOLearner (JAX CPU, vanilla rollout)", tunix["times"], tunix["cpu_s"], tunix["ends"]))
     print(
-        f"\nprompts={a.prompts} G={a.group} completion={a.completion} tokens, tiny Qwen2 (hidden 64, 2 layers), "
+        f"\nprompts={a.prompts} G={a.group} completion={a.completion} tokens, "
+        f"tiny Qwen2 (hidden {a.hidden}, {a.layers} layers), "
         f"{a.steps} steps; first step (compile/warm-up) excluded from the median and min; "
         f"torch threads {torch.get_num_threads()}; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n"
     )
