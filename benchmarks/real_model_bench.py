@@ -113,6 +113,10 @@ def run_hf(config, examples, executor, a) -> dict:
     final, texts, reasons, generated = [], [], [], 0
     t0 = time.perf_counter()
     for s in range(0, len(examples), a.batch):
+        if a.hf_budget_s and time.perf_counter() - t0 > a.hf_budget_s:  # the rest is left out (finish "not_run")
+            n_left = len(examples) - s
+            final, texts, reasons = final + [None] * n_left, texts + [[]] * n_left, reasons + ["not_run"] * n_left
+            break
         out = drv.host_loop(drv.hf_generate(model, tok), tok, examples[s : s + a.batch], executor, config.rollout,
                             1, proto)  # fmt: skip
         final += out["final_sqls"]
@@ -140,6 +144,9 @@ def main():
     ap.add_argument("--sides", default="agent,hf")
     ap.add_argument("--max-examples", type=int, default=0, help="only the first N of the subset (0: all)")
     ap.add_argument("--spider", default=str(SPIDER))
+    ap.add_argument("--hf-budget-s", type=float, default=0, help="hf: start no batch after this many s (0: no "
+                    "limit); those left out count as not run; the comparison covers those both ran")  # fmt: skip
+    ap.add_argument("--agent-json", default="", help="take the agent side from this earlier --out of the same subset")
     ap.add_argument("--out", default="", help="also write the per-example results and transcripts as JSON here")
     a = ap.parse_args()
     import agent_drivers as drv
@@ -161,6 +168,9 @@ def main():
         examples = [examples[i] for i in sorted(range(len(examples)), key=lambda i: lens[i])]
         n, dbs = len(examples), len({e["db_id"] for e in examples})
         print(f"{n} examples over {dbs} databases; prompt tokens median {sorted(lens)[n // 2]} max {max(lens)}")
+        if a.agent_json:
+            res["agent"] = json.loads(pathlib.Path(a.agent_json).read_text())["agent"]
+            assert len(res["agent"]["final"]) == n, f"--agent-json: {len(res['agent']['final'])} examples, not {n}"
         for side in a.sides.split(","):
             r = (run_agent if side == "agent" else run_hf)(config, examples, ex, a)
             r["load"] = os.getloadavg()
@@ -184,6 +194,14 @@ def main():
               f"| {r['generated'] / r['wall_s']:.1f} | {reasons} | {load} |")  # fmt: skip
     if len(res) == 2:
         ag, hf = res["agent"], res["hf"]
+        ran = [i for i in range(n) if hf["reasons"][i] != "not_run"]
+        if len(ran) < n:  # hf ran only the first len(ran) examples (shortest prompts): compare on those
+            ex_ag, ex_hf = (sum(r["matched_final"][i] for i in ran) for r in (ag, hf))
+            print(f"\nhf ran the first {len(ran)} of {n} (time budget); on those EX (tags_or_fence): agent {ex_ag}, "
+                  f"hf {ex_hf}; below, agent tokens/s is over all {n}")  # fmt: skip
+            ag, hf = ({k: [r[k][i] for i in ran] for k in ("final", "matched_final", "turn_texts")} | {
+                k: r[k] for k in ("generated", "wall_s", "compile_s")} for r in (ag, hf))  # fmt: skip
+            n = len(ran)
         same = sum(x == y for x, y in zip(ag["final"], hf["final"]))
         both = sum(x == y for x, y in zip(ag["matched_final"], hf["matched_final"]))
         no_compile = (ag["generated"] / (ag["wall_s"] - ag["compile_s"])) / (hf["generated"] / hf["wall_s"])
