@@ -98,6 +98,8 @@ def agent_stats(records: list[dict], strict_rows: list[dict]) -> dict:
 def policy_id(policy) -> str:
     """Which weights made a partial file's records: the policy's path and, for a checkpoints dir, its step dirs with
     their modification times, so the records of a stage trained again (--force) are not reused."""
+    if isinstance(policy, (list, tuple)):  # a chain of checkpoints (train/stages.py build_policy)
+        return "+".join(policy_id(x) for x in policy)
     p = pathlib.Path(policy).absolute()
     steps = sorted((c for c in p.iterdir() if c.name.isdigit()), key=lambda c: int(c.name)) if p.is_dir() else []
     return ",".join([str(p), *(f"{c.name}@{c.stat().st_mtime_ns}" for c in steps)])

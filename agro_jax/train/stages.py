@@ -26,11 +26,18 @@ from agro_jax.train.loop import stage_dir, train_loop
 
 
 def build_policy(config, vocab_size: int | None, init_from=None):
-    """(mesh, model, model_cfg) with params sharded by config.mesh rules; weights from init_from if given."""
+    """(mesh, model, model_cfg) with params sharded by config.mesh rules; weights from init_from if given: a
+    checkpoints dir, one step dir, an HF dir, or a list of checkpoints dirs applied in order (a LoRA GRPO stage's
+    adapters were trained on the SFT-merged base: [sft, grpo] is that policy; grpo's alone lacks SFT's delta)."""
     from agro_jax.model.builder import build_model
     from agro_jax.model.real_model import resolve_model_path
     from agro_jax.scale.sharding import make_mesh
 
+    if isinstance(init_from, (list, tuple)):
+        mesh, model, model_cfg = build_policy(config, vocab_size, init_from[0] if init_from else None)
+        for src in init_from[1:]:
+            _load_weights(model, pathlib.Path(src))
+        return mesh, model, model_cfg
     mesh = make_mesh(config.mesh)
     # a GGUF file (or the real model's cache dir) resolves to its converted HF dir; other paths are unchanged
     init_from = resolve_model_path(init_from) if init_from else None
@@ -41,19 +48,23 @@ def build_policy(config, vocab_size: int | None, init_from=None):
         return mesh, model, model_cfg
     model, model_cfg = build_model(config.model, mesh, config.mesh.rules, vocab_size=vocab_size, seed=int(config.seed))
     if init_from is not None:
-        from flax import nnx
-
-        directory, step = (init_from.parent, int(init_from.name)) if init_from.name.isdigit() else (init_from, None)
-        if holds_adapters(directory, step):
-            # A LoRA stage's checkpoint (adapters only): its base is config.model.hf_path; its adapters are merged into
-            # that base and this stage trains fresh ones (so an adapters-off reference is the starting policy).
-            if not lora.has_adapters(model):
-                raise ValueError(f"init_from {init_from}: LoRA adapters only; set config.model.lora.rank (and hf_path)")
-            nnx.update(model, load_params(directory, nnx.state(model, lora.LoRAParam), step))
-            lora.merge_adapters(model)
-        else:
-            nnx.update(model, load_params(directory, nnx.state(model, nnx.Param), step))
+        _load_weights(model, init_from)
     return mesh, model, model_cfg
+
+
+def _load_weights(model, init_from: pathlib.Path) -> None:
+    from flax import nnx
+
+    directory, step = (init_from.parent, int(init_from.name)) if init_from.name.isdigit() else (init_from, None)
+    if holds_adapters(directory, step):
+        # A LoRA stage's checkpoint (adapters only): its base is config.model.hf_path; its adapters are merged into
+        # that base and this stage trains fresh ones (so an adapters-off reference is the starting policy).
+        if not lora.has_adapters(model):
+            raise ValueError(f"init_from {init_from}: LoRA adapters only; set config.model.lora.rank (and hf_path)")
+        nnx.update(model, load_params(directory, nnx.state(model, lora.LoRAParam), step))
+        lora.merge_adapters(model)
+    else:
+        nnx.update(model, load_params(directory, nnx.state(model, nnx.Param), step))
 
 
 def _maybe_export(config, stage, workdir, model, model_cfg, params, tokenizer=None):

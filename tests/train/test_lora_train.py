@@ -70,3 +70,21 @@ def test_lora_grpo_uses_adapters_off_reference_and_exports_merged(tmp_path):
     valid = np.ones_like(tokens, bool)
     args = (tokens, positions_from_valid(valid), make_causal_mask(valid))
     np.testing.assert_allclose(exported(*args)[0], model(*args)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_lora_grpo_on_a_lora_sft_is_evaluated_as_the_chain(tmp_path):
+    """GRPO's adapters are trained on the SFT-merged base: build_policy([sft, grpo]) is the exported GRPO policy,
+    grpo's checkpoints alone (onto the plain base) are not (the pipeline's eval_grpo evaluated that before)."""
+    config = toy_config(*LORA, "--config.sft.batch_size=8", "--config.sft.epochs=1", "--config.sft.optim.total_steps=4",
+                        "--config.sft.optim.learning_rate=0.01", "--config.grpo.steps=1",
+                        "--config.checkpoint.export_hf=true")  # fmt: skip
+    sft = stages.run_sft(config, str(tmp_path), sequences=_sequences(), max_steps=4).parent
+    grpo = stages.run_grpo(config, str(tmp_path), init_from=sft).parent
+    exported, _ = load_hf_checkpoint(tmp_path / "grpo/hf")
+    tokens = np.arange(1, 17, dtype=np.int32)[None] % 64
+    valid = np.ones_like(tokens, bool)
+    args = (tokens, positions_from_valid(valid), make_causal_mask(valid))
+    _, chain, _ = stages.build_policy(config, 64, [sft, grpo])
+    _, alone, _ = stages.build_policy(config, 64, grpo)
+    np.testing.assert_allclose(exported(*args)[0], chain(*args)[0], atol=1e-5, rtol=1e-5)
+    assert np.abs(np.asarray(exported(*args)[0]) - np.asarray(alone(*args)[0])).max() > 1e-3
