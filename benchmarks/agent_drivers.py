@@ -107,13 +107,12 @@ def host_loop(generate, tok, examples, executor, cfg, group_size: int, protocol)
 
 
 def stop_end(tok, row, end_ids, stop_strings) -> int | None:
-    """Length of the shortest prefix of `row` ending on an end id or whose text contains a stop string."""
-    for k, t in enumerate(row, 1):
-        if t in end_ids:
-            return k
-    text = tok.decode(row, skip_special_tokens=False)
-    if not any(s in text for s in stop_strings):
-        return None
+    """Length of the shortest prefix of `row` ending on an end id or whose text contains a stop string (rows that
+    transformers' StoppingCriteria ended continue with pad, itself an end id: the stop string must win)."""
+    first_end = next((k for k, t in enumerate(row, 1) if t in end_ids), None)
+    row = row[:first_end] if first_end else row
+    if not any(s in tok.decode(row, skip_special_tokens=False) for s in stop_strings):
+        return first_end
     lo, hi = 1, len(row)  # the stop's presence is monotone in the prefix length: bisect
     while lo < hi:
         mid = (lo + hi) // 2
