@@ -10,6 +10,7 @@ checkpoint dir); a stage with checkpoints of its own resumes from them.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
@@ -28,16 +29,59 @@ from agro_jax.train.loop import stage_dir, train_loop
 def build_policy(config, vocab_size: int | None, init_from=None):
     """(mesh, model, model_cfg) with params sharded by config.mesh rules; weights from init_from if given: a
     checkpoints dir, one step dir, an HF dir, or a list of checkpoints dirs applied in order (a LoRA GRPO stage's
-    adapters were trained on the SFT-merged base: [sft, grpo] is that policy; grpo's alone lacks SFT's delta)."""
+    adapters were trained on the SFT-merged base: [sft, grpo] is that policy; given grpo's alone, the chain it
+    recorded (record_base) is applied before it)."""
+    if isinstance(init_from, (list, tuple)):
+        chain = [pathlib.Path(p) for p in init_from]
+    else:  # a LoRA stage's checkpoint also brings the weights its adapters were trained over (base_chain.json)
+        chain = [] if init_from is None else [*recorded_base(init_from), pathlib.Path(init_from)]
+    mesh, model, model_cfg = _build_one(config, vocab_size, chain[0] if chain else None)
+    for src in chain[1:]:
+        _load_weights(model, src)
+    return mesh, model, model_cfg
+
+
+_BASE_CHAIN = "base_chain.json"
+
+
+def _checkpoints_dir(path) -> pathlib.Path:
+    path = pathlib.Path(path).absolute()
+    return path.parent if path.name.isdigit() else path
+
+
+def recorded_base(init_from) -> list[pathlib.Path]:
+    """What the LoRA adapters in checkpoints dir (or step dir) `init_from` were trained over, applied in order before
+    them: [] for a full-weight checkpoint, an HF dir, or adapters over config.model.hf_path itself."""
+    f = _checkpoints_dir(init_from).parent / _BASE_CHAIN
+    if pathlib.Path(init_from, "config.json").is_file() or not f.is_file():
+        return []
+    return [pathlib.Path(p) for p in json.loads(f.read_text())["chain"]]
+
+
+def record_base(config, workdir, stage: str, init_from) -> None:
+    """<stage>/base_chain.json: the weights a LoRA stage trains its adapters over (its init_from and what that was
+    trained over), so `build_policy(init_from=<stage>/checkpoints)` (agro-sql eval --policy, --init-from) rebuilds
+    the trained policy, not its adapters on model.hf_path alone. Full-weight stages need none."""
+    f = stage_dir(workdir, stage) / _BASE_CHAIN
+    if jax.process_index() != 0:
+        return
+    if int(config.model.lora.get("rank", 0)) <= 0:
+        f.unlink(missing_ok=True)  # a full-weight rerun in this stage dir: a stale chain must not apply
+        return
+    if init_from is None:  # fresh adapters over model.hf_path, or a resume of this stage: what it recorded stands
+        return
+    chain = [str(p.absolute()) for p in [*recorded_base(init_from), pathlib.Path(init_from)]]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"chain": chain}, indent=1))
+    tmp.replace(f)
+
+
+def _build_one(config, vocab_size: int | None, init_from):
     from agro_jax.model.builder import build_model
     from agro_jax.model.real_model import resolve_model_path
     from agro_jax.scale.sharding import make_mesh
 
-    if isinstance(init_from, (list, tuple)):
-        mesh, model, model_cfg = build_policy(config, vocab_size, init_from[0] if init_from else None)
-        for src in init_from[1:]:
-            _load_weights(model, pathlib.Path(src))
-        return mesh, model, model_cfg
     mesh = make_mesh(config.mesh)
     # a GGUF file (or the real model's cache dir) resolves to its converted HF dir; other paths are unchanged
     init_from = resolve_model_path(init_from) if init_from else None
@@ -95,6 +139,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         tokenizer = resolve_tokenizer(config, workdir, tokenizer)
     vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
     mesh, model, model_cfg = build_policy(config, vocab, init_from)
+    record_base(config, workdir, "grpo", init_from)
     # LoRA: params are the adapters (optimizer state, checkpoints); the base weights are `frozen`, passed to each step.
     graphdef, params, frozen, rest = lora.split(model)
     # beta == 0: no reference model is held or run at all. LoRA: the reference is the model with adapters off.
@@ -241,6 +286,7 @@ def run_sft(config, workdir=None, *, examples=None, sequences=None, tokenizer=No
     vocab = int(config.model.vocab_size) or (len(tokenizer) if tokenizer is not None else None)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     mesh, model, model_cfg = build_policy(config, vocab, init_from)
+    record_base(config, workdir, "sft", init_from)
     graphdef, params, frozen, rest = lora.split(model)  # LoRA: params = adapters, frozen = base weights
     batches = sft.SFTBatches(sequences, int(cfg.batch_size), int(config.seed), pad_id)
     steps = int(cfg.epochs) * batches.steps_per_epoch

@@ -73,8 +73,9 @@ def test_lora_grpo_uses_adapters_off_reference_and_exports_merged(tmp_path):
 
 
 def test_lora_grpo_on_a_lora_sft_is_evaluated_as_the_chain(tmp_path):
-    """GRPO's adapters are trained on the SFT-merged base: build_policy([sft, grpo]) is the exported GRPO policy,
-    grpo's checkpoints alone (onto the plain base) are not (the pipeline's eval_grpo evaluated that before)."""
+    """GRPO's adapters are trained on the SFT-merged base: build_policy([sft, grpo]) is the exported GRPO policy, and
+    so is grpo's checkpoints dir alone (agro-sql eval --policy), through the base chain the stage recorded; without
+    that record its adapters land on the plain base (what eval_grpo and eval --policy scored before)."""
     config = toy_config(*LORA, "--config.sft.batch_size=8", "--config.sft.epochs=1", "--config.sft.optim.total_steps=4",
                         "--config.sft.optim.learning_rate=0.01", "--config.grpo.steps=1",
                         "--config.checkpoint.export_hf=true")  # fmt: skip
@@ -84,7 +85,11 @@ def test_lora_grpo_on_a_lora_sft_is_evaluated_as_the_chain(tmp_path):
     tokens = np.arange(1, 17, dtype=np.int32)[None] % 64
     valid = np.ones_like(tokens, bool)
     args = (tokens, positions_from_valid(valid), make_causal_mask(valid))
+    assert stages.recorded_base(grpo) == [sft.absolute()] and stages.recorded_base(sft) == []
     _, chain, _ = stages.build_policy(config, 64, [sft, grpo])
-    _, alone, _ = stages.build_policy(config, 64, grpo)
+    _, recorded, _ = stages.build_policy(config, 64, grpo)
     np.testing.assert_allclose(exported(*args)[0], chain(*args)[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(exported(*args)[0], recorded(*args)[0], atol=1e-5, rtol=1e-5)
+    (tmp_path / "grpo/base_chain.json").unlink()
+    _, alone, _ = stages.build_policy(config, 64, grpo)
     assert np.abs(np.asarray(exported(*args)[0]) - np.asarray(alone(*args)[0])).max() > 1e-3
