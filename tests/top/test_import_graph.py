@@ -5,7 +5,6 @@ import ast
 import pathlib
 
 import pytest
-
 from helpers import REPO_ROOT
 
 # Lower number = lower layer. A module may import its own layer or lower ones; circles are checked separately.
