@@ -190,12 +190,8 @@ class Pipeline:
         from agro_jax.eval.agent_eval import GreedyAgent, evaluate_agent
 
         cfg = self.config
+        # a LoRA GRPO stage's adapters sit on the SFT-merged base: build_policy applies the chain the stage recorded
         policy = cfg.model.hf_path if stage == "base" else self._checkpoints(stage)
-        if stage == "grpo":
-            from agro_jax.train.checkpoint import holds_adapters
-
-            if holds_adapters(policy):  # LoRA GRPO adapters sit on the SFT-merged base: apply SFT's, then GRPO's
-                policy = [self._checkpoints("sft"), policy]
         policy_agent = GreedyAgent(cfg, policy, self.tokenizer())  # one load for both example sets
         examples = load_examples(cfg.data.data_dir, cfg.eval.split)
         if int(cfg.eval.max_examples) > 0:
