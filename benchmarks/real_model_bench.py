@@ -110,9 +110,16 @@ def run_hf(config, examples, executor, a) -> dict:
     model = AutoModelForCausalLM.from_pretrained(config.model.hf_path, dtype=torch.float32).eval()
     proto = AgentProtocol("tags_or_fence", int(config.rollout.observation_max_rows),
                           int(config.rollout.observation_max_chars))  # fmt: skip
-    final, texts, reasons, generated = [], [], [], 0
-    t0 = time.perf_counter()
-    for s in range(0, len(examples), a.batch):
+    final, texts, reasons, generated, done_s = [], [], [], 0, 0.0
+    if a.hf_json:  # keep the batches an earlier run of the same subset finished; run the rest
+        old = json.loads(pathlib.Path(a.hf_json).read_text())["hf"]
+        k = old["reasons"].index("not_run") if "not_run" in old["reasons"] else len(examples)
+        assert k % a.batch == 0, f"--hf-json: {k} examples run, not whole batches of {a.batch}"
+        final, texts, reasons = old["final"][:k], old["turn_texts"][:k], old["reasons"][:k]
+        generated, done_s = old["generated"], old["wall_s"]
+        print(f"hf: first {k} examples from {a.hf_json} ({done_s:.0f} s)")
+    t0 = time.perf_counter() - done_s
+    for s in range(len(final), len(examples), a.batch):
         if a.hf_budget_s and time.perf_counter() - t0 > a.hf_budget_s:  # the rest is left out (finish "not_run")
             n_left = len(examples) - s
             final, texts, reasons = final + [None] * n_left, texts + [[]] * n_left, reasons + ["not_run"] * n_left
@@ -147,6 +154,8 @@ def main():
     ap.add_argument("--hf-budget-s", type=float, default=0, help="hf: start no batch after this many s (0: no "
                     "limit); those left out count as not run; the comparison covers those both ran")  # fmt: skip
     ap.add_argument("--agent-json", default="", help="take the agent side from this earlier --out of the same subset")
+    ap.add_argument("--hf-json", default="", help="hf: keep the whole batches this earlier --out ran, run the rest "
+                    "(wall time and tokens add up)")  # fmt: skip
     ap.add_argument("--out", default="", help="also write the per-example results and transcripts as JSON here")
     a = ap.parse_args()
     import agent_drivers as drv
