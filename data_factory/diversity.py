@@ -6,7 +6,8 @@
   bucket is short, the total shrinks so the mix still holds). Inside a bucket it walks skeleton clusters round-robin
   (identifier- and literal-masked SQL), so rare structures are taken before a common one repeats.
 - `split_heldout`: whole skeleton (or db / query) groups go to test, per difficulty bucket, so no test structure is
-  seen in training.
+  seen in training; or, by "literal", one example of a literal-masked query that has several goes to test, so every
+  test query is seen in training with other literal values (new question, new literal, seen structure).
 """
 
 from __future__ import annotations
@@ -105,12 +106,15 @@ def skeleton_stats(selected: list, pool: list | None = None) -> dict:
 
 
 def split_heldout(examples: list, fraction: float, by: str = "skeleton", seed: int = 0) -> tuple[list, list]:
-    """(train, test): groups (by skeleton | db | query) go to test, per difficulty bucket, until `fraction`."""
+    """(train, test): groups (by skeleton | db | query) go to test, per difficulty bucket, until `fraction`; by
+    "literal", single examples whose literal-masked query keeps other examples in train."""
     if not 0 <= fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {fraction}")
+    if by == "literal":
+        return _split_literal(examples, fraction, seed)
     group_of = {"skeleton": lambda e: e.skeleton, "db": lambda e: e.db_id, "query": query_key}.get(by)
     if group_of is None:
-        raise ValueError(f"heldout_by must be skeleton, db or query, got {by!r}")
+        raise ValueError(f"heldout_by must be skeleton, db, query or literal, got {by!r}")
     rng = random.Random(seed)
     test_groups = set()
     buckets = [examples] if by == "db" else [[e for e in examples if e.difficulty == lv] for lv in LEVELS]
@@ -127,3 +131,21 @@ def split_heldout(examples: list, fraction: float, by: str = "skeleton", seed: i
     test = [e for e in examples if group_of(e) in test_groups]
     train = [e for e in examples if group_of(e) not in test_groups]
     return train, test
+
+
+def _split_literal(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """One example per literal-masked query with >= 2 examples goes to test, per difficulty bucket, until `fraction`
+    (fewer when too few queries repeat: raise factory.max_per_query). Queries without literals never repeat (exact
+    duplicates are dropped), so they all stay in train."""
+    rng = random.Random(seed)
+    held = set()
+    for lv in LEVELS:
+        groups = collections.defaultdict(list)
+        for i, e in enumerate(examples):
+            if e.difficulty == lv:
+                groups[query_key(e)].append(i)
+        want = round(fraction * sum(len(g) for g in groups.values()))
+        keys = sorted(k for k, g in groups.items() if len(g) >= 2)
+        rng.shuffle(keys)
+        held.update(rng.choice(groups[k]) for k in keys[:want])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]

@@ -88,14 +88,25 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
     pool, reasons, rounds = st["pool"], collections.Counter(st["reasons"]), st["rounds"]
     mix, n_target = dict(fcfg.target_mix), int(fcfg.num_examples)
     selected = diversity.sample_mix(pool, mix, n_target, seed)
+    # Optional second, harder held-out split of whole unseen skeletons ("test_skeleton"), taken out first.
+    skel_frac = float(_get(fcfg, "skeleton_heldout_fraction", 0.0))
+    rest, test_skel = diversity.split_heldout(selected, skel_frac, "skeleton", seed) if skel_frac else (selected, [])
     train, test = diversity.split_heldout(
-        selected, float(fcfg.heldout_fraction), str(_get(fcfg, "heldout_by", "skeleton")), seed
+        rest, float(fcfg.heldout_fraction), str(_get(fcfg, "heldout_by", "skeleton")), seed
     )
+    if float(fcfg.heldout_fraction) > 0 and not test:
+        raise UsageError(
+            f"factory: held out 0 of {len(rest)} examples by {_get(fcfg, 'heldout_by', 'skeleton')!r} (the literal "
+            "split needs queries kept with several literal values): raise factory.num_examples or max_per_query, or "
+            "set factory.heldout_by='skeleton'"
+        )
     compact, n_samples = bool(_get(fcfg, "schema_compact", True)), int(_get(fcfg, "schema_sample_values", 3))
     schema_text = {n: render_schema(ctx.schema, n_samples, compact=compact) for n, ctx in contexts.items()}
-    records = [to_record(c, schema_text[c.db_id], s) for s, part in (("train", train), ("test", test)) for c in part]
+    parts = (("train", train), ("test", test)) + ((("test_skeleton", test_skel),) if test_skel else ())
+    records = [to_record(c, schema_text[c.db_id], s) for s, part in parts for c in part]
+    train_queries = {diversity.query_key(c) for c in train}
     summary = dict(
-        num_examples=len(records), target_examples=n_target, splits={"train": len(train), "test": len(test)},
+        num_examples=len(records), target_examples=n_target, splits={s: len(part) for s, part in parts},
         heldout_by=str(_get(fcfg, "heldout_by", "skeleton")), rounds=rounds,
         candidates=sum(x["candidates"] for x in rounds), verified=sum(x["verified"] for x in rounds),
         pool=len(pool), rejection_reasons=dict(reasons.most_common()),
@@ -107,16 +118,18 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
         check_cycles_histogram=diversity.histogram(selected, lambda c: str(c.cycles)),
         **diversity.skeleton_stats(selected, pool),
         leaked_test_skeletons=len({c.skeleton for c in test} & {c.skeleton for c in train}),
+        test_queries_seen_in_train=sum(diversity.query_key(c) in train_queries for c in test),
+        leaked_test_skeleton_skeletons=len({c.skeleton for c in test_skel} & {c.skeleton for c in rest}),
         seconds=round(time.perf_counter() - t_start, 2),
-        **_verification_stats(st, train, test, names, policy, out_dir),
+        **_verification_stats(st, parts, names, policy, out_dir),
     )  # fmt: skip
     return records, summary
 
 
-def _verification_stats(st, train, test, names, policy, out_dir) -> dict:
+def _verification_stats(st, parts, names, policy, out_dir) -> dict:
     """Who wrote and who verified the selected examples, yield per check cycle, question diversity, model use, run
     time over all (resumed) runs; writes the audit of every verified candidate to <out_dir>/verification.jsonl."""
-    split_of = {(c.db_id, c.sql): s for s, part in (("train", train), ("test", test)) for c in part}
+    split_of = {(c.db_id, c.sql): s for s, part in parts for c in part}
     last_accept = {(a["db_id"], a["sql"]): a for a in st["audit"] if a["status"] == "accepted"}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "verification.jsonl"), "w") as f:
@@ -140,7 +153,7 @@ def _verification_stats(st, train, test, names, policy, out_dir) -> dict:
         yield_by_cycle=yield_by_cycle,
         verified_by=dict(collections.Counter(a["verified_by"] for a in chosen)),
         question_by=dict(collections.Counter(a["attempts"][-1]["by"] for a in chosen)),
-        question_diversity=question_diversity([c.question for part in (train, test) for c in part]),
+        question_diversity=question_diversity([c.question for _, part in parts for c in part]),
         model=dict(policy.stats, seconds=round(policy.stats["seconds"], 2)) if policy is not None else None,
         runs=st["runs"], seconds_total=round(seconds_total, 2),
         candidates_per_s=round(cands / seconds_total, 3) if seconds_total else None,
@@ -152,7 +165,12 @@ def summary_markdown(s: dict) -> str:
         "# Data factory summary",
         "",
         f"- examples: {s['num_examples']} (target {s['target_examples']}), "
-        f"train {s['splits']['train']}, test {s['splits']['test']} (held out by {s['heldout_by']})",
+        f"train {s['splits']['train']}, test {s['splits']['test']} (held out by {s['heldout_by']})"
+        + (
+            f", test_skeleton {s['splits']['test_skeleton']} (unseen skeletons)"
+            if "test_skeleton" in s["splits"]
+            else ""
+        ),
         f"- candidates {s['candidates']}, verified {s['verified']}, pool after dedup {s['pool']}",
         f"- distinct skeletons {s['distinct_skeletons']} (ratio {s['distinct_skeleton_ratio']}), skeleton "
         f"coverage {s['skeleton_coverage']} of {s['pool_distinct_skeletons']}; mix error {s['mix_error']}",

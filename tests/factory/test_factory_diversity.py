@@ -77,3 +77,17 @@ def test_heldout_split_has_no_shared_groups(pool, by):
     assert lo <= len(test) / len(pool) <= 0.35
     with pytest.raises(ValueError, match="heldout_by"):
         diversity.split_heldout(pool, 0.2, by="nope")
+
+
+def test_literal_split_holds_out_new_literals_of_seen_queries(tmp_path):
+    paths = build_databases(str(tmp_path), DOMAINS[:3], seed=0)
+    rng = random.Random(1)
+    cands = [c for p in paths.values() for c in synthesize(DbContext(p), 300, rng)]
+    kept, _ = diversity.dedup(cands, max_per_query=3)
+    train, test = diversity.split_heldout(kept, 0.1, by="literal", seed=0)
+    assert len(train) + len(test) == len(kept) and 0.05 <= len(test) / len(kept) <= 0.15
+    train_queries, train_sql = {diversity.query_key(e) for e in train}, {(e.db_id, e.sql) for e in train}
+    assert all(diversity.query_key(e) in train_queries for e in test)  # each test query's structure is trained on...
+    assert not {(e.db_id, e.sql) for e in test} & train_sql  # ...with other literal values
+    assert len({diversity.query_key(e) for e in test}) == len(test)  # at most one test example per query
+    assert diversity.split_heldout(kept, 0.1, by="literal", seed=0) == (train, test)
