@@ -183,9 +183,10 @@ class Pipeline:
         return d
 
     def _evaluate(self, stage: str):
-        """Greedy multi-turn agent on the held-out split (and the Spider subset when eval.spider_dir is set), scored
-        by execution (EX) under both answer formats (agro_jax/eval/agent_eval.py)."""
-        from agro_jax.data.loader import load_examples
+        """Greedy multi-turn agent on the held-out split (eval/<stage>.json), each of eval.extra_splits the dataset
+        has (eval/<split>/<stage>.json) and the Spider subset when eval.spider_dir is set (eval/spider/), scored by
+        execution (EX) under both answer formats (agro_jax/eval/agent_eval.py)."""
+        from agro_jax.data.loader import available_splits, load_examples
         from agro_jax.eval import evaluate
         from agro_jax.eval.agent_eval import GreedyAgent, evaluate_agent
 
@@ -197,6 +198,13 @@ class Pipeline:
         if int(cfg.eval.max_examples) > 0:
             examples = examples[: int(cfg.eval.max_examples)]
         sets = [("held-out", examples, str(cfg.eval.mode), self.workdir / "eval")]
+        have = available_splits(cfg.data.data_dir)
+        for split in cfg.eval.get("extra_splits", ()):
+            if split not in have:  # e.g. factory.skeleton_heldout_fraction 0 writes no test_skeleton split
+                self.log(f"[run] eval: the dataset has no split {split!r} (it has {sorted(have)}); skipped")
+                continue
+            exs = load_examples(cfg.data.data_dir, split)[: int(cfg.eval.max_examples) or None]
+            sets.append((split, exs, str(cfg.eval.mode), self.workdir / "eval" / split))
         if cfg.eval.get("spider_dir"):
             sets.append(("Spider", self._spider_examples(), "spider", self.workdir / "eval" / "spider"))
         outputs, extra = [], {"policy": str(policy)}
@@ -208,9 +216,9 @@ class Pipeline:
             partial.unlink(missing_ok=True)  # the report holds every record now; a --force rerun starts afresh
             if partial.parent.is_dir() and not any(partial.parent.iterdir()):
                 partial.parent.rmdir()
-            key = "ex" if label == "held-out" else "spider_ex"
+            key = "ex" if label == "held-out" else f"{out.name}_ex"
             extra.update({key: report["ex"], f"{key}_tags_or_fence": report["tags_or_fence"]["ex"]})
-            extra["n" if label == "held-out" else "spider_n"] = report["num_examples"]
+            extra["n" if label == "held-out" else f"{out.name}_n"] = report["num_examples"]
             self.log(f"[run] EX of {stage} on {report['num_examples']} {label} examples: {100 * report['ex']:.2f}% "
                      f"(tags-or-fence {100 * report['tags_or_fence']['ex']:.2f}%)")  # fmt: skip
         return outputs, extra

@@ -40,6 +40,11 @@ def _builder(data_dir: str):
     return tfds.builder_from_directory(dataset_dir(data_dir))
 
 
+def available_splits(data_dir: str) -> set[str]:
+    """The split names the dataset in data_dir holds."""
+    return set(_builder(data_dir).info.splits)
+
+
 def _check_files(builder, split: str) -> None:
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -91,16 +96,20 @@ def make_prompt_iterator(
     num_epochs: int | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
+    exclude: set | None = None,
 ):
     """A grain iterator over batches (lists of example dicts), reshuffled every epoch, forever if num_epochs is None.
     Multi-host: each host passes its shard_index/shard_count and sees a disjoint slice. get_state/set_state resume
-    exactly (same batches after restore as without interruption)."""
+    exactly (same batches after restore as without interruption). exclude: (question, sql) pairs left out."""
     import grain
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     source = data_source(data_dir, split)
     ds = grain.MapDataset.source(source)
+    if exclude:
+        keep = [i for i, ex in enumerate(map(_decode, source)) if (ex["question"], ex["sql"]) not in exclude]
+        ds = grain.MapDataset.range(len(keep)).map(lambda i: source[keep[i]])
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
     if len(ds) < batch_size:

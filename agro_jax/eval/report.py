@@ -32,13 +32,15 @@ from agro_jax.eval.report_format import (  # noqa: E402
 
 # (panel title, metric keys drawn in it) for the GRPO figure; keys absent from the run are skipped.
 GRPO_PANELS = (
-    ("reward / EX", ("reward_mean", "ex", "format_rate")),
+    ("reward / EX (sampled, train prompts)", ("reward_mean", "ex", "format_rate")),
+    ("probe (greedy, held-out)", ("probe/ex", "probe/reward", "probe/format_rate")),
     ("KL to reference", ("kl",)),
     ("policy loss", ("loss",)),
     ("completion length (tokens)", ("completion_len",)),
 )
 SFT_PANELS = (("SFT loss", ("loss",)), ("token accuracy", ("accuracy", "token_acc")))
-SUMMARY_KEYS = ("reward_mean", "ex", "format_rate", "kl", "loss", "accuracy", "completion_len", "turns", "clip_frac")
+SUMMARY_KEYS = ("reward_mean", "ex", "format_rate", "probe/ex", "probe/reward", "probe/format_rate", "kl", "loss",
+                "accuracy", "completion_len", "turns", "clip_frac")  # fmt: skip
 DIFFICULTY_ORDER = ("all", "simple", "easy", "moderate", "medium", "complex", "hard", "highly_complex", "extra")
 
 
@@ -98,9 +100,47 @@ def training_section(rows: list[dict], stage: str, panels, out_dir: pathlib.Path
         _, ys = series(rows, k)
         table.append([k, ys[0], ys[-1], min(ys), max(ys)])
     steps = series(rows, "step")[1] or [float(len(rows) - 1)]
-    md += [f"{len(rows)} logged steps (last step {int(max(steps))}).", "", f"![{stage}]({stage}.png)", ""]
+    n = sum(not r.get("probe_init") for r in rows)  # the probe's step-0 row (with_probe_init) is not a step
+    md += [f"{n} logged steps (last step {int(max(steps))}).", "", f"![{stage}]({stage}.png)", ""]
     md += [f"Flat: {'; '.join(flat)}.", ""] if flat else []
     return md + md_table(["metric", "first", "last", "min", "max"], table) + [""]
+
+
+def with_probe_init(rows: list[dict]) -> list[dict]:
+    """GRPO rows with the initial policy's probe (`probe_init/*`, logged in the first row) as a step-0 row of
+    `probe/*`, so the probe curve starts at the cold-start checkpoint."""
+    init = {
+        k.replace("probe_init/", "probe/"): v for r in rows[:1] for k, v in r.items() if k.startswith("probe_init/")
+    }
+    return [{"step": 0, "probe_init": True, **init}, *rows] if init else rows
+
+
+def splits_section(workdir: pathlib.Path) -> list[str]:
+    """One line per evaluated example set (the held-out split in eval/, every other in eval/<set>/): EX (correct/n)
+    after each stage and the change from the first stage to the last, in points."""
+    folders = [("held-out (eval.split)", workdir / "eval")]
+    folders += [(p.name, p) for p in sorted((workdir / "eval").glob("*/")) if p.name not in ("benchmarks", ".partial")]
+    got, stages = {}, set()
+    for label, folder in folders:
+        for p in sorted(folder.glob("*.json")):
+            try:
+                r = json.loads(p.read_text())
+            except (json.JSONDecodeError, OSError):
+                continue
+            if isinstance(r, dict) and isinstance(r.get("num_correct"), int) and r.get("num_examples"):
+                got.setdefault(label, {})[_eval_label(p, r)] = (r["num_correct"], int(r["num_examples"]))
+                stages.add(_eval_label(p, r))
+    if not got:
+        return []
+    order = sorted(stages, key=eval_rank)
+    rows = []
+    for label, by in got.items():
+        cells = [f"{100 * by[st][0] / by[st][1]:.1f} ({by[st][0]}/{by[st][1]})" if st in by else "-" for st in order]
+        have = [st for st in order if st in by]
+        first, last = (by[have[0]], by[have[-1]]) if len(have) > 1 else (None, None)
+        rows.append([label, *cells, f"{100 * (last[0] / last[1] - first[0] / first[1]):+.1f}" if first else "-"])
+    md = ["## EX by example set (strict answer format)", ""]
+    return md + md_table(["example set", *[f"after {st}" for st in order], "change (points)"], rows) + [""]
 
 
 def _eval_label(path: pathlib.Path, report: dict) -> str:
@@ -251,11 +291,11 @@ def write_report(workdir, out_dir=None) -> pathlib.Path:
     missing += [] if factory else ["data factory stats"]
     for stage, panels in (("sft", SFT_PANELS), ("grpo", GRPO_PANELS)):
         path = workdir / stage / "metrics.jsonl"
-        md += training_section(read_jsonl(path), stage, panels, out_dir) if path.is_file() else []
+        md += training_section(with_probe_init(read_jsonl(path)), stage, panels, out_dir) if path.is_file() else []
         missing += [] if path.is_file() else [f"{stage}/metrics.jsonl"]
     evals = sorted((workdir / "eval").glob("*.json")) if (workdir / "eval").is_dir() else []
     eval_md = eval_section(evals, out_dir)
-    md += eval_md
+    md += splits_section(workdir) + eval_md
     missing += [] if eval_md else ["eval/*.json"]
     from agro_jax.eval.agent_report import agent_section
     from agro_jax.eval.grpo_change import grpo_change_section

@@ -35,8 +35,9 @@ class SqlEnv:
         self.executor = Executor.from_config(config.executor)
         self.sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
 
-    def prompt_iterator(self):
-        """This host's share of the prompts: each host samples its own rows (multihost.place_batch joins them)."""
+    def prompt_iterator(self, exclude: set | None = None):
+        """This host's share of the prompts: each host samples its own rows (multihost.place_batch joins them);
+        exclude: (question, sql) pairs left out (grpo.prompts "not_in_sft")."""
         d, hosts = self.config.data, jax.process_count()
         per_step = int(self.config.grpo.prompts_per_step)
         if per_step % hosts:
@@ -48,6 +49,7 @@ class SqlEnv:
             seed=int(self.config.seed),
             shard_index=jax.process_index(),
             shard_count=hosts,
+            exclude=exclude,
         )
 
     def rollout(self, params, examples, rng):

@@ -21,7 +21,7 @@ from agro_jax.model import lora
 from agro_jax.rl import grpo
 from agro_jax.rollout.batch import Namespace, bucket_len, collect_rollouts, pad_t, rollout_metrics
 from agro_jax.rollout.envs import make_env
-from agro_jax.train import metrics
+from agro_jax.train import grpo_probe, metrics
 from agro_jax.train.checkpoint import export_hf, holds_adapters, load_params
 from agro_jax.train.loop import stage_dir, train_loop
 
@@ -150,16 +150,21 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     micro = int(cfg.optim.grad_accum_steps)
     update_step = None  # built lazily: it needs the optimizer made inside train_loop
     env = make_env(env_name, config, graphdef, rest, model_cfg, tokenizer)
-    data_iter = env.prompt_iterator()
+    pool = grpo_probe.prompt_filter(cfg, workdir) if env_name == "sql" else {}  # grpo.prompts
+    data_iter = env.prompt_iterator(**pool)
     counters = {"ref_forwards": 0}
     timer = metrics.Timer()
+    probe_every = int(cfg.get("probe_every", 0)) if env_name == "sql" else 0
+    probe = grpo_probe.probe_examples(config, int(cfg.get("probe_examples", 64))) if probe_every > 0 else None
 
     def one_step(step, params, opt_state, optimizer, rng):
         nonlocal update_step
         if update_step is None:
             update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
+        policy = lora.policy_state(params, frozen)
+        m0 = grpo_probe.probe(env, policy, probe, config, "probe_init") if probe and step == 0 else {}
         with timer("rollout"):
-            ro, keep_B, first = collect_rollouts(env, lora.policy_state(params, frozen), data_iter, rng, cfg)
+            ro, keep_B, first = collect_rollouts(env, policy, data_iter, rng, cfg)
         # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
         ro = Namespace(pad_t(vars(ro), bucket_len(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
         batch = grpo.make_batch(ro, cfg, keep_B)
@@ -180,7 +185,9 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         m["sample_rounds"] = first.rounds
         m["tokens_per_s"] = float(np.sum(first.valid_BxT)) / max(m.get("time/rollout", 0.0), 1e-9)
         m["update_tokens_per_s"] = float(np.sum(batch.valid_BxT)) / max(time.perf_counter() - t0, 1e-9)
-        return params, opt_state, m
+        if probe and ((step + 1) % probe_every == 0 or step + 1 == steps):
+            m.update(grpo_probe.probe(env, lora.policy_state(params, frozen), probe, config, "probe"))
+        return params, opt_state, dict(m0, **m)
 
     steps = int(cfg.steps) if max_steps is None else min(int(cfg.steps), max_steps)
     with jax.set_mesh(mesh), _closing(env):

@@ -114,6 +114,22 @@ def test_prompt_iterator_resumes_exactly_and_reshuffles(built):
     assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 39
 
 
+def test_prompt_iterator_excludes_pairs_and_resumes(built):
+    """exclude (grpo.prompts "not_in_sft"): the left-out (question, sql) pairs never appear; resume stays exact."""
+    d, recs = built
+    train = [r for r in recs if r["split"] == "train"]
+    out = {(r["question"], r["sql"]) for r in train[::3]}
+    once = make_prompt_iterator(d, "train", batch_size=1, seed=0, num_epochs=1, exclude=out)
+    seen = [(e["question"], e["sql"]) for b in once for e in b]
+    assert len(seen) == len(train) - len(out) and not set(seen) & out and len(set(seen)) == len(seen)
+    it = make_prompt_iterator(d, "train", batch_size=4, seed=3, exclude=out)
+    [next(it) for _ in range(3)]
+    state, cont = it.get_state(), [[e["db_id"] for e in next(it)] for _ in range(8)]
+    it2 = make_prompt_iterator(d, "train", batch_size=4, seed=3, exclude=out)
+    it2.set_state(state)
+    assert [[e["db_id"] for e in next(it2)] for _ in range(8)] == cont
+
+
 def test_spider_import_same_format(spider_dir, tmp_path):
     path = import_benchmark("spider", str(spider_dir), str(tmp_path), splits=("dev",))
     exs = load_examples(str(tmp_path), "test")

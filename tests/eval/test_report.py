@@ -50,10 +50,10 @@ def run_dir(tmp_path_factory) -> pathlib.Path:
     sft.close()
     # GRPO rows with missing keys here and there (kl only from step 1, one row with no ex) + a truncated last line.
     rows = [
-        {"step": 0, "reward_mean": -0.5, "ex": 0.1, "loss": 0.3},
+        {"step": 0, "reward_mean": -0.5, "ex": 0.1, "loss": 0.3, "probe_init/ex": 0.05, "probe/ex": 0.1},
         {"step": 1, "reward_mean": -0.1, "ex": 0.25, "kl": 0.002, "loss": 0.2},
         {"step": 2, "reward_mean": 0.2, "kl": 0.004},
-        {"step": 3, "reward_mean": 0.45, "ex": 0.625, "kl": 0.006, "loss": 0.1},
+        {"step": 3, "reward_mean": 0.45, "ex": 0.625, "kl": 0.006, "loss": 0.1, "probe/ex": 0.2},
     ]
     (wd / "grpo").mkdir()
     (wd / "grpo/metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 4, "rew')
@@ -65,6 +65,11 @@ def run_dir(tmp_path_factory) -> pathlib.Path:
         json.dumps({"ex": 0.5234, "n": 50, "by_difficulty": {"simple": {"ex": 0.7, "n": 20}, "complex": 0.35}})
     )
     _real_eval_report(wd)
+    (wd / "eval/test_skeleton").mkdir()  # a second held-out split (eval.extra_splits)
+    for stage, correct in (("sft", 3), ("grpo", 5)):
+        (wd / f"eval/test_skeleton/{stage}.json").write_text(
+            json.dumps({"name": stage, "ex": correct / 40, "num_correct": correct, "num_examples": 40})
+        )
     (wd / "eval/notes.json").write_text(json.dumps({"comment": "no ex here"}))  # ignored, not fatal
     (wd / "factory").mkdir()
     stats = {
@@ -94,7 +99,12 @@ def test_markdown_has_the_numbers(run_dir):
     assert "| reward_mean | -0.5 | 0.45 | -0.5 | 0.45 |" in md
     assert "| kl | 0.002 | 0.006 | 0.002 | 0.006 |" in md
     assert "| ex | 0.1 | 0.625 | 0.1 | 0.625 |" in md  # the row without ex is skipped, not zero
-    assert "4 logged steps (last step 3)" in md  # the truncated line did not count
+    assert "4 logged steps (last step 3)" in md  # the truncated line did not count; nor the probe's step-0 row
+    assert "| probe/ex | 0.05 | 0.2 | 0.05 | 0.2 |" in md  # the initial probe leads the curve
+    # EX per example set: the held-out split (only base has counts) and the extra split, with the change.
+    assert "| example set | after base | after sft | after grpo | change (points) |" in md
+    assert "| held-out (eval.split) | 66.7 (2/3) | - | - | - |" in md
+    assert "| test_skeleton | - | 7.5 (3/40) | 12.5 (5/40) | +5.0 |" in md
     # EX before (sft) vs after (grpo), sft first; per difficulty with n.
     assert "| difficulty | base | sft | grpo |" in md
     assert "| all | 66.67 (n=3) | 40.00 (n=50) | 52.34 (n=50) |" in md
