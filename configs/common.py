@@ -62,3 +62,13 @@ def factory_model_keys() -> dict:
         "sql_max_new_tokens": 128,
         "verify_batch": 100,  # candidates per verification batch (one progress step, one saved state)
     }
+
+
+def paper_factory(c) -> None:
+    """The paper-shaped factory and evaluation for real models: the full difficulty mix, one example per literal-masked
+    query, whole unseen skeletons held out, no GRPO probe (the tiny default instead trains a learnable miniature)."""
+    c.factory.target_mix = ConfigDict({"simple": 0.3, "moderate": 0.35, "complex": 0.25, "highly_complex": 0.1})
+    c.factory.update(rounds=2, candidates_per_round=600, num_examples=400, heldout_fraction=0.15)
+    c.factory.update(heldout_by="skeleton", skeleton_heldout_fraction=0.0, max_per_query=1)
+    c.eval.extra_splits = ()
+    c.grpo.probe_every = 0

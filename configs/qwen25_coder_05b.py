@@ -25,7 +25,7 @@ median 435 / max 624 tokens, ~92 agent tokens.
 import pathlib
 
 from configs import tiny_cpu
-from configs.common import lora_config, optim_config
+from configs.common import lora_config, optim_config, paper_factory
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 # the shared Spider copy sits beside the checkout (../shared), as in tests/conftest.py
@@ -52,6 +52,7 @@ def get_config(arg=None):
     c.model.remat = "full" if gpu else "none"
     c.model.logits_chunk = 128  # V = 151,936: 8 x 2048 positions of float32 logits would be ~10 GB
     c.model.lora = lora_config(0 if gpu else 16)
+    paper_factory(c)  # before the overrides below
     c.tokenizer.path = c.model.hf_path  # the model's own tokenizer (no BPE trained)
     c.executor.num_workers = 8 if gpu else 2
     c.factory.schema_sample_values = 3

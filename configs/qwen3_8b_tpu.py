@@ -7,7 +7,7 @@ grad_accum_steps (more rows per micro-batch) and raise rollout.max_cache_tokens:
 """
 
 from configs import tiny_cpu
-from configs.common import mesh_config, optim_config
+from configs.common import mesh_config, optim_config, paper_factory
 
 
 def get_config(arg=None):
@@ -26,6 +26,7 @@ def get_config(arg=None):
     c.model.param_dtype = "float32"
     c.model.remat = "full"  # 8k-token sequences: keep only block inputs for the backward pass
     c.model.logits_chunk = 512  # 64 x 8192-token micro-batches: never B x T x 151,936 logits (~5 GB per row)
+    paper_factory(c)  # before the overrides below
     c.tokenizer.path = c.model.hf_path
     c.executor.num_workers = 16
     c.factory.candidates_per_round = 20000

@@ -28,22 +28,27 @@ def test_outputs_and_summary(run):
     for name in ("examples.jsonl", "summary.json", "summary.md", "tfds/agro_sql/1.0.0/dataset_info.json"):
         assert (run / name).is_file(), name
     s = json.loads((run / "summary.json").read_text())
-    assert s["num_examples"] == 150 and s["splits"]["train"] + s["splits"]["test"] == 150
-    assert 0.08 <= s["splits"]["test"] / 150 <= 0.3
+    sp = s["splits"]
+    assert s["num_examples"] == 150 and sp["train"] + sp["test"] + sp["test_skeleton"] == 150
+    assert 1 <= sp["test"] <= 0.2 * 150 and 0.05 <= sp["test_skeleton"] / 150 <= 0.2  # few queries repeat at 150
     assert s["mix_error"] <= 0.05 and sum(s["difficulty_histogram"].values()) == 150
-    assert s["leaked_test_skeletons"] == 0
+    # tiny_cpu holds out by literal: every test query is trained on with other values; test_skeleton's are unseen
+    assert s["heldout_by"] == "literal" and s["test_queries_seen_in_train"] == sp["test"]
+    assert s["leaked_test_skeleton_skeletons"] == 0
     assert 0 < s["distinct_skeleton_ratio"] <= 1 and 0 < s["skeleton_coverage"] <= 1
     assert s["verified"] <= s["candidates"] and len(s["rounds"]) >= 1
     assert s["rejection_reasons"] and all(v > 0 for v in s["rejection_reasons"].values())
     md = (run / "summary.md").read_text()
-    assert "| rejection reason | count |" in md and "highly_complex" in md
+    assert "| rejection reason | count |" in md and f"test_skeleton {sp['test_skeleton']} (unseen skeletons)" in md
 
 
 def test_every_emitted_example_is_verified(run):
-    train, test = load_examples(str(run / "tfds"), "train"), load_examples(str(run / "tfds"), "test")
-    exs = train + test
-    assert len(exs) == 150 and {e["split"] for e in train} == {"train"} and {e["split"] for e in test} == {"test"}
-    assert not {e["skeleton"] for e in train} & {e["skeleton"] for e in test}
+    train, test, skel = (load_examples(str(run / "tfds"), s) for s in ("train", "test", "test_skeleton"))
+    exs = train + test + skel
+    assert len(exs) == 150
+    assert [{e["split"] for e in x} for x in (train, test, skel)] == [{"train"}, {"test"}, {"test_skeleton"}]
+    assert not {e["skeleton"] for e in train + test} & {e["skeleton"] for e in skel}
+    assert not {e["sql"] for e in train} & {e["sql"] for e in test}
     lines = [json.loads(x) for x in (run / "examples.jsonl").read_text().splitlines()]
     assert sorted(lines, key=lambda e: e["sql"]) == sorted(exs, key=lambda e: e["sql"])
     ctx = {}

@@ -119,10 +119,17 @@ def test_factory_extra_databases_matching_nothing(tmp_path, capsys):
 
 def test_factory_no_tfds_does_not_point_at_a_tfds_dir(tmp_path, capsys):
     argv = ["factory", "--workdir", str(tmp_path), "--no-tfds", "--num-examples", "16", "--rounds", "1"]
-    assert cli.main([*argv, "--config.factory.candidates_per_round=60"]) == 0
+    assert cli.main([*argv, "--config.factory.candidates_per_round=60", "--config.factory.heldout_by=skeleton"]) == 0
     out = capsys.readouterr().out
     assert "no TFDS dataset written (--no-tfds)" in out and "data_dir=" not in out
     assert (tmp_path / "factory/examples.jsonl").is_file() and not (tmp_path / "factory/tfds").exists()
+
+
+def test_factory_too_small_for_the_literal_split(tmp_path, capsys):
+    """16 examples keep no query with two literal values: one clear line, not a missing 'test' split at eval time."""
+    argv = ["factory", "--workdir", str(tmp_path), "--no-tfds", "--num-examples", "16", "--rounds", "1"]
+    line = cli_error(capsys, [*argv, "--config.factory.candidates_per_round=60"])
+    assert "held out 0 of" in line and "by 'literal'" in line and "factory.heldout_by='skeleton'" in line
 
 
 def test_quiet_transformers_without_torch():

@@ -13,13 +13,21 @@ SMALL = [
     "--config.factory.num_examples=48",
     "--config.factory.rounds=1",
     "--config.factory.candidates_per_round=150",
+    "--config.factory.heldout_by=skeleton",  # 48 examples: too few repeated queries for the literal split
+    "--config.factory.heldout_fraction=0.15",
+    "--config.factory.skeleton_heldout_fraction=0.0",  # so eval.extra_splits' test_skeleton is absent: skipped
     "--config.tokenizer.vocab_size=600",
+    "--config.model.hidden_size=64",
+    "--config.model.intermediate_size=192",
+    "--config.model.head_dim=16",
     "--config.sft.num_selected=16",
     "--config.sft.batch_size=8",
     "--config.sft.epochs=1",
     "--config.grpo.steps=2",
     "--config.grpo.prompts_per_step=4",
     "--config.grpo.group_size=2",
+    "--config.grpo.probe_every=1",
+    "--config.grpo.probe_examples=4",
     "--config.rollout.max_turns=2",
     "--config.rollout.max_new_tokens_per_turn=12",
     "--config.eval.max_examples=8",
@@ -52,6 +60,7 @@ def test_every_stage_leaves_its_outputs(run_dir: pathlib.Path):
     assert (run_dir / "grpo/hf/config.json").is_file() and (run_dir / "sft/hf/config.json").is_file()
     rows = [json.loads(line) for line in (run_dir / "grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("reward_mean" in r for r in rows)
+    assert "probe_init/reward" in rows[0] and all(-1 <= r["probe/reward"] <= 1 for r in rows)  # greedy held-out probe
 
 
 def test_eval_reports_ex_before_and_after_grpo(run_dir: pathlib.Path):
