@@ -94,7 +94,7 @@ def run_factory(fcfg, executor, out_dir: str, seed: int = 0, question_generator=
     train, test = diversity.split_heldout(
         rest, float(fcfg.heldout_fraction), str(_get(fcfg, "heldout_by", "skeleton")), seed
     )
-    if float(fcfg.heldout_fraction) > 0 and not test:
+    if float(fcfg.heldout_fraction) > 0 and rest and not test:
         raise UsageError(
             f"factory: held out 0 of {len(rest)} examples by {_get(fcfg, 'heldout_by', 'skeleton')!r} (the literal "
             "split needs queries kept with several literal values): raise factory.num_examples or max_per_query, or "
