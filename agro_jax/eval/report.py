@@ -4,6 +4,7 @@ Reads whatever the run has (every input is optional, every metric key is optiona
   <workdir>/sft/metrics.jsonl, <workdir>/grpo/metrics.jsonl   one line per step (agro_jax.train.metrics.MetricsWriter)
   <workdir>/eval/*.json                                         eval reports: {"ex": .., "n": .., "by_difficulty": ..}
   <workdir>/eval/spider/*.json                                  the eval stages' Spider subset (agent_report.py)
+  <workdir>/eval/<split>/*.json                                 eval.extra_splits (e.g. test_skeleton): EX per set
   <workdir>/eval/benchmarks/*.json                              `agro-sql eval` of other data: listed beside the table
   <workdir>/factory/summary.json (or any */*stats*.json)         data factory summary: counts, histograms, rejections
 and writes <workdir>/report/{report.md, grpo.png, sft.png, eval_ex.png, grpo_change.png, factory.png}. A panel whose

@@ -16,6 +16,7 @@ import pytest
 
 from agro_jax.config import load_config
 from agro_jax.sql.executor import Executor
+from configs.common import paper_factory
 from data_factory.checker import ModelChecker, RuleChecker, extract_sql
 from data_factory.databases import build_databases
 from data_factory.judge import RuleJudge
@@ -230,7 +231,9 @@ def killing_writer(prompts):
 
 
 def small_cfg():
-    f = load_config("configs/tiny_cpu.py", []).factory
+    c = load_config("configs/tiny_cpu.py", [])
+    paper_factory(c)  # the model-in-the-loop factory is for real models: the paper's mix and skeleton split
+    f = c.factory
     f.databases, f.candidates_per_round, f.rounds, f.num_examples, f.verify_batch = (
         ("university", "sports"),
         60,

@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 from agro_jax.config import load_config
 from agro_jax.sql.compare import compare
 from agro_jax.sql.executor import Executor, Query
+from configs.common import paper_factory
 from data_factory.pipeline import run_factory
 
 pytestmark = pytest.mark.real_model
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def run(real_qwen_dir, tmp_path_factory):
-    f = load_config("configs/tiny_cpu.py", []).factory
+    c = load_config("configs/tiny_cpu.py", [])
+    paper_factory(c)  # the model-in-the-loop factory is for real models: the paper's mix and skeleton split
+    f = c.factory
     f.databases, f.rounds, f.candidates_per_round, f.num_examples = ("university",), 1, 12, 6
     f.target_mix = ConfigDict({"simple": 1.0})  # one-table queries: within the 0.5B model's reach
     f.question_generator, f.checker, f.model_path, f.max_check_cycles, f.verify_batch = (

@@ -15,7 +15,8 @@ from agro_jax import cli
 SMALL = ["--config", "configs/tiny_cpu.py", "--config.model.vocab_size=512", "--config.model.hidden_size=512",
          "--config.model.num_heads=8", "--config.model.num_kv_heads=8", "--config.model.head_dim=128",
          "--config.model.intermediate_size=512", "--config.model.num_layers=1", "--config.mesh.shape=(1,-1,1)",
-         "--config.rollout.max_total_len=128"]  # fmt: skip
+         "--config.rollout.max_total_len=128", "--config.grpo.prompts_per_step=8",
+         "--config.grpo.group_size=4"]  # fmt: skip
 
 
 def analytic_args_per_chip(chips=4, d=512, heads=8, kv=8, h=128, f=512, v=512, layers=1, rows=32, t=128) -> float:

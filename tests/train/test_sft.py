@@ -169,6 +169,7 @@ def test_sft_on_factory_examples_with_the_embedded_tokenizer(tmp_path):
 
     factory = ["--config.factory.num_examples=24", "--config.factory.candidates_per_round=120"]
     factory += ["--config.factory.rounds=1", "--config.factory.databases=('university','retail')"]
+    factory += ["--config.factory.heldout_by=skeleton", "--config.factory.skeleton_heldout_fraction=0.0"]  # 24: few
     assert cli.main(["factory", "--config", "configs/tiny_cpu.py", "--workdir", str(tmp_path), *factory]) == 0
     examples = load_examples(str(tmp_path / "factory/tfds"), "train")
     assert len(examples) >= 16
