@@ -194,16 +194,15 @@ class Pipeline:
         # a LoRA GRPO stage's adapters sit on the SFT-merged base: build_policy applies the chain the stage recorded
         policy = cfg.model.hf_path if stage == "base" else self._checkpoints(stage)
         policy_agent = GreedyAgent(cfg, policy, self.tokenizer())  # one load for both example sets
-        examples = load_examples(cfg.data.data_dir, cfg.eval.split)
-        if int(cfg.eval.max_examples) > 0:
-            examples = examples[: int(cfg.eval.max_examples)]
+        limit = max(int(cfg.eval.max_examples), 0) or None  # 0: every example of a split
+        examples = load_examples(cfg.data.data_dir, cfg.eval.split)[:limit]
         sets = [("held-out", examples, str(cfg.eval.mode), self.workdir / "eval")]
         have = available_splits(cfg.data.data_dir)
         for split in cfg.eval.get("extra_splits", ()):
             if split not in have:  # e.g. factory.skeleton_heldout_fraction 0 writes no test_skeleton split
                 self.log(f"[run] eval: the dataset has no split {split!r} (it has {sorted(have)}); skipped")
                 continue
-            exs = load_examples(cfg.data.data_dir, split)[: int(cfg.eval.max_examples) or None]
+            exs = load_examples(cfg.data.data_dir, split)[:limit]
             sets.append((split, exs, str(cfg.eval.mode), self.workdir / "eval" / split))
         if cfg.eval.get("spider_dir"):
             sets.append(("Spider", self._spider_examples(), "spider", self.workdir / "eval" / "spider"))
