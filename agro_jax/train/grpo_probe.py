@@ -39,6 +39,7 @@ def probe_examples(config, n: int) -> list[dict]:
 def probe(env, params, examples, config, prefix: str) -> dict:
     """Greedy agent on the probe set with `params`: EX, mean reward and format rate under the training reward
     (`probe_init/*`: the initial policy, logged with step 1; `probe/*`: after that row's update)."""
+    from agro_jax.rollout.batch import rollout_metrics
     from agro_jax.rollout.loop import run_rollouts
 
     t0 = time.perf_counter()
@@ -46,10 +47,6 @@ def probe(env, params, examples, config, prefix: str) -> dict:
         env.sampler, params, examples, env.executor, config.rollout, group_size=1,
         rng=jax.random.key(int(config.seed)), reward_cfg=config.reward, greedy=True,
     )  # fmt: skip
-    r = np.asarray(ro.rewards_B, np.float64)
-    return {
-        f"{prefix}/ex": float(np.mean(r >= float(config.reward.correct))),
-        f"{prefix}/reward": float(r.mean()),
-        f"{prefix}/format_rate": float(np.mean(r > float(config.reward.bad_format))),
-        f"time/{prefix}": time.perf_counter() - t0,
-    }
+    m = rollout_metrics(ro, config.reward, np.ones(len(examples), bool))  # the training rollouts' EX / format rule
+    return {f"{prefix}/ex": m["ex"], f"{prefix}/reward": m["reward_mean"], f"{prefix}/format_rate": m["format_rate"],
+            f"time/{prefix}": time.perf_counter() - t0}  # fmt: skip
