@@ -1,13 +1,24 @@
 """Test setup: an 8-device CPU mesh (set before jax is imported), and paths to the shared Spider data."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# One persistent XLA compilation cache for the session and the subprocesses tests start: many tests compile the same
+# small programs, and an executable read from the cache equals a fresh compile of the same HLO (tests that count
+# compiles count traces, which the cache does not change).
+_XLA_CACHE = tempfile.mkdtemp(prefix="agro_jax_tests_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 

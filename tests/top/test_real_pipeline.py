@@ -3,13 +3,12 @@ every stage runs on the real model (factory, eval_base on the held-out split and
 eval, GRPO with real executor observations, eval, report) and the cold start raises the rate of well-formed agent
 turns (the instruct model answers in ```sql fences, never in the agent's tags: 0 well-formed turns before).
 
-Measured (2026-12-01, commit cdd3029 + this test, shared 2-core CPU at load average 4-5): 531 s wall, 359 s CPU of
-the run's process (stages.json cpu_s: factory 2, tokenizer 4, eval_base 39, sft 115, eval_sft 50, grpo 118,
-eval_grpo 29, report 2), peak RSS 10 GB in GRPO; over the ~3 min CPU this test was meant to take (SFT's and GRPO's
-first compiles and LoRA steps dominate). Well-formed agent turns (held-out + Spider): base 0/4, after the cold start
-4/6 (Spider 4/4, both answered correctly; held-out 0/2); the one GRPO step kept no group (zero reward variance), so
-it did not update. That run's eval_grpo showed base behaviour (0/4) -- the LoRA chain bug fixed in 098ed88 (now
-[sft, grpo] is evaluated); this version was not rerun before the session's deadline."""
+Measured (2026-12-01, commit f13f239 + this REDUCED: 4 SFT trajectories in 2 steps at lr 2e-3, one GRPO prompt x 2
+samples; shared 2-core CPU, two other jobs running): 291 s wall, 268 s CPU of the run's process (stages.json cpu_s:
+factory 2, tokenizer 3, eval_base 37, sft 67, eval_sft 47, grpo 71, eval_grpo 40, report 1); the earlier 8 trajectories
+/ 4 steps / 2 x 2 version took 404 s CPU (262 s wall on a quiet machine). Well-formed agent turns (held-out + Spider):
+base 0/4, after the cold start 4/6 (Spider 4/4, held-out 0/2), after GRPO 4/6, as with 4 SFT steps; the one GRPO
+step's group had equal rewards (kept_frac 0), so it did not change the policy."""
 
 import json
 import os
@@ -27,17 +26,17 @@ REDUCED = [
     "--config.eval.max_examples=2",
     "--config.eval.spider_max_examples=2",
     "--config.eval.batch_size=4",
-    "--config.sft.num_selected=8",
+    "--config.sft.num_selected=4",
     "--config.sft.batch_size=2",
     "--config.sft.epochs=1",
-    "--config.sft.optim.learning_rate=1e-3",
+    "--config.sft.optim.learning_rate=2e-3",
     "--config.sft.optim.warmup_steps=0",
-    "--config.sft.optim.total_steps=4",
+    "--config.sft.optim.total_steps=2",
     "--config.sft.optim.grad_accum_steps=2",  # one sequence per micro-batch: XLA plans ~3.7 GB temp per 512 tokens
     "--config.grpo.steps=1",
-    "--config.grpo.prompts_per_step=2",
+    "--config.grpo.prompts_per_step=1",
     "--config.grpo.group_size=2",
-    "--config.grpo.optim.grad_accum_steps=4",
+    "--config.grpo.optim.grad_accum_steps=2",
     "--config.rollout.max_turns=2",
     "--config.rollout.max_new_tokens_per_turn=48",
     "--config.rollout.max_total_len=1024",
@@ -62,7 +61,7 @@ def test_every_stage_runs_on_the_real_model_and_the_cold_start_teaches_the_proto
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = json.loads((tmp_path / "stages.json").read_text())
     assert list(state) == list(STAGES)
-    assert state["sft"]["checkpoint"].endswith("sft/checkpoints/4")  # 8 trajectories / batch 2 x 1 epoch
+    assert state["sft"]["checkpoint"].endswith("sft/checkpoints/2")  # 4 trajectories / batch 2 x 1 epoch
     assert state["grpo"]["checkpoint"].endswith("grpo/checkpoints/1")
 
     rates = {}
