@@ -28,17 +28,16 @@ def _final_params(workdir, step):
     return {_path_key(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(raw)}
 
 
-def _env(compile_cache=None):
+def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    if compile_cache:  # later runs reuse the first run's executables (same programs; saves ~2 compiles on 2 cores)
-        env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # later runs reuse the first run's executables through the session's compilation cache (tests/conftest.py)
     return env
 
 
 @pytest.mark.slow
 def test_kill9_and_resume_is_bit_exact(tmp_path):
-    steps, env = 30, _env(tmp_path / "jax_cache")
+    steps, env = 30, _env()
     ref = subprocess.run(_grpo_cmd(tmp_path / "ref", steps), cwd=REPO, env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
