@@ -86,15 +86,12 @@ def host_loop(generate, tok, examples, executor, cfg, group_size: int, protocol)
                 reasons[i] = "truncated"
                 continue
             action = protocol.parse(texts[i][-1], turn)
-            if action.kind == "answer":
-                final[i], reasons[i] = action.sql, "answer"
-            elif action.kind == "invalid":
-                reasons[i] = "invalid"
-            elif turn == max_turns - 1:
-                reasons[i] = "max_turns"
-            else:
+            end = agent.turn_end(action, turn, max_turns)
+            if end is None:
                 queries.append(Query(examples[i // group_size]["db_path"], action.sql))
                 asked.append(i)
+            else:
+                reasons[i], final[i] = end, action.sql if end == "answer" else None
         if not queries:
             break
         for i, res in zip(asked, executor.run_many(queries)):

@@ -107,6 +107,14 @@ def parse_action(text: str, answer_format: str = "tags") -> Action:
     return Action("invalid", None)
 
 
+def turn_end(action: Action, turn: int, max_turns: int) -> str | None:
+    """How a turn that stopped ends its row: "answer", "invalid" (no complete tag) or "max_turns" (a query in the
+    last turn); None when the row goes on (its query is executed and the observation appended)."""
+    if action.kind in ("answer", "invalid"):
+        return action.kind
+    return "max_turns" if turn == max_turns - 1 else None
+
+
 def extract_final_sql(assistant_text: str, answer_format: str = "tags") -> str | None:
     """The final SQL of a whole trajectory text: content of the last complete <answer> block, else (tags_or_fence)
     of the last ```sql block, else None."""

@@ -195,15 +195,12 @@ def run_rollouts(
                     reasons[i] = "truncated"
                     continue
                 action = protocol.parse(text, turn)
-                if action.kind == "answer":
-                    final[i], reasons[i] = action.sql, "answer"
-                elif action.kind == "invalid":
-                    reasons[i] = "invalid"
-                elif turn == max_turns - 1:
-                    reasons[i] = "max_turns"
-                else:
+                end = agent.turn_end(action, turn, max_turns)
+                if end is None:
                     queries.append(Query(examples[groups[i]]["db_path"], action.sql))
                     asked.append(k)
+                else:
+                    reasons[i], final[i] = end, action.sql if end == "answer" else None
             if not any_host(bool(queries)):
                 break
             t0 = time.perf_counter()

@@ -26,6 +26,18 @@ def test_parse_action(text, kind, sql):
     assert agent.parse_action(text) == agent.Action(kind, sql)
 
 
+def test_turn_end_ends_a_row_on_answer_invalid_or_a_query_in_the_last_turn():
+    query, answer, bad = (
+        agent.Action("sql", "SELECT 1"),
+        agent.Action("answer", "SELECT 2"),
+        agent.Action("invalid", None),
+    )
+    assert [agent.turn_end(query, t, 3) for t in range(3)] == [None, None, "max_turns"]
+    assert [agent.turn_end(answer, t, 3) for t in range(3)] == ["answer"] * 3
+    assert [agent.turn_end(bad, t, 3) for t in range(3)] == ["invalid"] * 3
+    assert agent.turn_end(query, 0, 1) == "max_turns"
+
+
 def test_extract_final_sql_takes_last_answer():
     text = "<answer>SELECT 1</answer>\n<observation>x</observation><answer><sql>SELECT 2</sql></answer>"
     assert agent.extract_final_sql(text) == "SELECT 2"
