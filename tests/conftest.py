@@ -12,12 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# One persistent XLA compilation cache for the session and the subprocesses tests start: many tests compile the same
-# small programs, and an executable read from the cache equals a fresh compile of the same HLO (tests that count
-# compiles count traces, which the cache does not change).
-_XLA_CACHE = tempfile.mkdtemp(prefix="agro_jax_tests_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE, True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+# One persistent XLA compilation cache for the session: many tests compile the same small programs, and an executable
+# read from the cache equals a fresh compile of the same HLO (tests that count compiles count traces, which the cache
+# does not change). xdist workers and the subprocesses tests start inherit the first process's variable, so they share
+# its dir; that process removes it at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="agro_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402

@@ -1,6 +1,6 @@
 """`agro-sql run --config configs/qwen25_coder_05b.py:cpu`, shrunk to CI size, on the real Qwen2.5-Coder-0.5B-Instruct:
 every stage runs on the real model (factory, eval_base on the held-out split and a Spider subset, LoRA cold start,
-eval, GRPO with real executor observations, eval, report) and the cold start raises the rate of well-formed agent
+eval, GRPO with its rollouts on the real executor, eval, report) and the cold start raises the rate of well-formed agent
 turns (the instruct model answers in ```sql fences, never in the agent's tags: 0 well-formed turns before).
 
 Measured (2026-12-01, commit f13f239 + this REDUCED: 4 SFT trajectories in 2 steps at lr 2e-3, one GRPO prompt x 2
