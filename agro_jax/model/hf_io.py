@@ -269,13 +269,13 @@ def convert_arguments(p) -> None:
 def convert_main(config, args) -> int:
     """`agro-sql convert --in DIR --out DIR [--dtype bfloat16] [--max-shard-mb N]`: validates an HF Qwen checkpoint by
     importing it, re-exports it (optionally cast / re-sharded; tokenizer files copied along) and checks that the
-    export re-imports bit-exactly. `--gguf FILE --out DIR`: a GGUF file -> HF dir (gguf_io.convert_gguf), then loaded
-    once as a check."""
+    export re-imports bit-exactly. `--gguf FILE --out DIR`: a GGUF file -> HF dir (gguf_convert.convert_gguf), then
+    loaded once as a check."""
     from agro_jax.errors import MissingInputError
 
     a = args
     if a.gguf:
-        from agro_jax.model.gguf_io import convert_gguf
+        from agro_jax.model.gguf_convert import convert_gguf
 
         out = convert_gguf(a.gguf, a.dst, dtype=a.dtype or "float32")
         model, cfg = load_hf_checkpoint(out)

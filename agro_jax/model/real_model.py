@@ -20,7 +20,8 @@ import pathlib
 import shutil
 
 from agro_jax.errors import UsageError
-from agro_jax.model.gguf_io import MAGIC, GGUFError, convert_gguf, read_source, remove_stale_tmp
+from agro_jax.model.gguf_convert import convert_gguf, read_source, remove_stale_tmp
+from agro_jax.model.gguf_io import MAGIC, GGUFError
 
 REAL_MODEL = "qwen2.5-coder-0.5b-instruct"
 GGUF_NAME = f"{REAL_MODEL}-q4_k_m.gguf"
@@ -150,7 +151,7 @@ def resolve_model_path(path) -> pathlib.Path:
 
 
 def _sha256(path) -> str:
-    from agro_jax.model.gguf_io import file_sha256
+    from agro_jax.model.gguf_convert import file_sha256
 
     return file_sha256(path)
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import batch, hf_logits, make_hf
 
-from agro_jax.model.gguf_io import GGUFError, convert_gguf, read_gguf, read_source
+from agro_jax.model.gguf_convert import convert_gguf, read_source
+from agro_jax.model.gguf_io import GGUFError, read_gguf
 from agro_jax.model.hf_io import load_hf_checkpoint
 from agro_jax.model.qwen import make_causal_mask, positions_from_valid
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 from flax import nnx
 
-from agro_jax.model.gguf_io import GGUFError, convert_gguf, read_gguf, read_source
+from agro_jax.model.gguf_convert import convert_gguf, read_source
+from agro_jax.model.gguf_io import GGUFError, read_gguf
 from agro_jax.model.hf_io import load_hf_checkpoint, read_safetensors_header, read_tensor
 from agro_jax.model.kv_cache import KVCache
 from agro_jax.model.qwen import make_causal_mask, positions_from_valid
@@ -220,7 +221,7 @@ def test_killed_assembly_leaves_no_file_that_passes(tmp_path):
     import sys
     import time
 
-    from agro_jax.model.gguf_io import file_sha256
+    from agro_jax.model.gguf_convert import file_sha256
     from agro_jax.model.real_model import assemble_gguf
 
     final = real_model_dir(tmp_path) / GGUF_NAME
