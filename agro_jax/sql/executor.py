@@ -18,9 +18,8 @@ with no worker starting in between the batch stops: finished results are returne
 close() (from any thread) stops a running batch: its unfinished queries become "cancelled" errors and no worker
 outlives close(). A fresh worker says "ready" first: a query's clocks start then, not at the (slow, when loaded) spawn.
 
-Results are frozen (rows: tuple of tuples, columns: tuple), so the gold cache can hand out the same object. That cache
-is bounded in bytes (the workers' estimate of the rows' Python heap size) and keyed by the database file's identity
-(mtime, size, inode, device, and its -wal file's), so a changed file is never answered from the cache.
+Results are frozen (rows: tuple of tuples, columns: tuple), so the gold cache (agro_jax/sql/result_cache.py: bounded
+in bytes, keyed by the database file's identity) can hand out the same object; a changed file is never answered from it.
 db paths are made absolute once, in the parent (workers may have started in another working directory).
 Memory: the parent holds one batch's results (at most len(batch) * max_result_bytes) plus cache_max_bytes.
 
@@ -41,6 +40,7 @@ import threading
 import time
 from multiprocessing.connection import wait
 
+from agro_jax.sql.result_cache import ResultCache
 from agro_jax.sql.worker import scrub, worker_main
 
 _MAX_CRASHES_IN_A_ROW = 8  # workers dying before they start, none starting in between: the pool is unusable
@@ -48,7 +48,6 @@ _NO_CACHE_KINDS = {"timeout", "worker_crash", "cancelled", "bad_request"}  # may
 _MAX_TIMEOUT_S = 86_400.0
 _MAX_ROWS = 100_000_000
 _STARTUP_S = 120.0  # allowance for a fresh worker to start (interpreter + imports) before its query's clock runs
-_ENTRY_OVERHEAD = 512  # cache bytes per entry beyond its rows (Result, key, OrderedDict node)
 log = logging.getLogger(__name__)
 
 
@@ -101,20 +100,6 @@ def _check(name: str, v, **kw):
     if why is not None:
         raise ValueError(f"Executor {why}")
     return v
-
-
-def _file_stamp(path: str):
-    """Identity of a database file's contents as far as stat can tell (None: unreadable/missing)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    try:
-        wal = os.stat(path + "-wal")
-        wal = (wal.st_mtime_ns, wal.st_size, wal.st_ino)
-    except OSError:
-        wal = None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, wal)
 
 
 class _Worker:
@@ -177,8 +162,7 @@ class Executor:
         self._ctx = multiprocessing.get_context(start_method)
         self._direct_children = start_method != "forkserver"
         self._lock = threading.RLock()  # one batch at a time; re-entrant so close() from a signal handler works
-        self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> (Result, nbytes)
-        self._cache_bytes = 0
+        self._cache = ResultCache(self.cache_max_bytes)
         self.stats = collections.Counter()  # respawns, kills, cache_hits, queries, deduplicated
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)  # close() wakes a running batch
         self._closed = False
@@ -199,7 +183,7 @@ class Executor:
 
     @property
     def cache_bytes(self) -> int:
-        return self._cache_bytes
+        return self._cache.nbytes
 
     def worker_pids(self) -> list[int]:
         """Current worker process ids (they change when a worker is respawned)."""
@@ -223,11 +207,10 @@ class Executor:
                     results[i] = req
                     continue
                 if use_cache:
-                    keys[i] = key = (req[0], _file_stamp(req[0]), req[1], req[3])
+                    keys[i] = key = ResultCache.key(req[0], req[1], req[3])
                     hit = self._cache.get(key)
                     if hit is not None:
-                        self._cache.move_to_end(key)
-                        results[i] = hit[0]
+                        results[i] = hit
                         self.stats["cache_hits"] += 1
                         continue
                     if key in first:  # same gold query twice in one batch (G samples of a prompt): run it once
@@ -249,7 +232,7 @@ class Executor:
                     if results[i] is None:
                         results[i] = results[first[key]]
                     elif i in nbytes and results[i].error_kind not in _NO_CACHE_KINDS:
-                        self._cache_put(key, results[i], nbytes[i])
+                        self._cache.put(key, results[i], nbytes[i])
             return self._cancel(results) if self._closed else results
 
     def _request(self, q: Query):
@@ -268,15 +251,6 @@ class Executor:
         if why is not None:
             return Result.error("bad_request", f"query {why}")
         return (os.path.abspath(db_path), q.sql, float(t), int(n))
-
-    def _cache_put(self, key, result: Result, nbytes: int):
-        size = nbytes + len(key[2]) + _ENTRY_OVERHEAD
-        if size > self.cache_max_bytes or key in self._cache:
-            return
-        self._cache[key] = (result, size)
-        self._cache_bytes += size
-        while self._cache_bytes > self.cache_max_bytes:
-            self._cache_bytes -= self._cache.popitem(last=False)[1][1]
 
     def _cancel(self, results):
         msg = "executor closed before this query finished"
