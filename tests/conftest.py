@@ -1,6 +1,7 @@
 """Test setup: an 8-device CPU mesh (set before jax is imported), and paths to the shared Spider data."""
 
 import atexit
+import functools
 import os
 import pathlib
 import shutil
@@ -50,3 +51,27 @@ def real_qwen_dir() -> pathlib.Path:
         return ensure_real_model()
     except RealModelError as e:
         pytest.fail(str(e))
+
+
+@functools.cache
+def _uses_real_model(path: str) -> bool:
+    """Whether a test file (a nodeid's path, relative to the repo) takes the real model's fixture."""
+    f = REPO_ROOT / path
+    return f.suffix == ".py" and f.is_file() and "real_qwen_dir" in f.read_text()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """The README's `-n 2 --dist loadfile`: each test file goes to one worker (its module fixtures load once), and the
+    files that take the real model form one unit, so no two of them run at once (each holds 4-8 GB). Written as a
+    scheduler because xdist 3.8's `loadgroup` marks do not reach pytest 9's node ids."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesWithRealModelFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "real_model" if _uses_real_model(path) else path
+
+    return FilesWithRealModelFilesTogether(config, log)
