@@ -1,7 +1,7 @@
 """Test setup: an 8-device CPU mesh (set before jax is imported), and paths to the shared Spider data."""
 
 import atexit
-import functools
+import fcntl
 import os
 import pathlib
 import shutil
@@ -53,25 +53,14 @@ def real_qwen_dir() -> pathlib.Path:
         pytest.fail(str(e))
 
 
-@functools.cache
-def _uses_real_model(path: str) -> bool:
-    """Whether a test file (a nodeid's path, relative to the repo) takes the real model's fixture."""
-    f = REPO_ROOT / path
-    return f.suffix == ".py" and f.is_file() and "real_qwen_dir" in f.read_text()
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """The README's `-n 2 --dist loadfile`: each test file goes to one worker (its module fixtures load once), and the
-    files that take the real model form one unit, so no two of them run at once (each holds 4-8 GB). Written as a
-    scheduler because xdist 3.8's `loadgroup` marks do not reach pytest 9's node ids."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class FilesWithRealModelFilesTogether(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "real_model" if _uses_real_model(path) else path
-
-    return FilesWithRealModelFilesTogether(config, log)
+@pytest.fixture(scope="module", autouse=True)
+def _one_memory_heavy_module_at_a_time(request, tmp_path_factory):
+    """Under xdist (the README's `-n 2`), modules marked memory_heavy (the real 0.5B model: 4-8 GB each; several JAX
+    processes at once) take a lock shared by the workers for their whole run, module fixtures included, so two of
+    them never hold their memory at the same time on the 24 GB machine; the other worker goes on with the rest."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or request.node.get_closest_marker("memory_heavy") is None:
+        yield
+        return
+    with open(tmp_path_factory.getbasetemp().parent / "memory_heavy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the module's teardown
+        yield

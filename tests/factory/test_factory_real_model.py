@@ -14,7 +14,7 @@ from agro_jax.sql.executor import Executor, Query
 from configs.common import paper_factory
 from data_factory.pipeline import run_factory
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.memory_heavy]
 
 
 @pytest.fixture(scope="module")

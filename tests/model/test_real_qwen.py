@@ -28,7 +28,7 @@ from agro_jax.model.kv_cache import KVCache
 from agro_jax.model.qwen import make_causal_mask, positions_from_valid
 from agro_jax.model.real_model import GGUF_NAME, GGUF_SHA256, GGUF_SIZE, real_model_dir
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.memory_heavy]
 NEW = 32
 
 

@@ -17,6 +17,7 @@ from agro_jax.rollout.loop import AgentProtocol, run_rollouts
 from agro_jax.rollout.sampler import Sampler
 from agro_jax.sql.executor import Executor, Query
 
+pytestmark = pytest.mark.memory_heavy  # the real model (see tests/conftest.py)
 CFG = ConfigDict(dict(max_turns=2, max_prompt_len=2048, max_new_tokens_per_turn=16, max_total_len=1024,
                       temperature=0.0, top_p=1.0, top_k=0, observation_max_rows=3, observation_max_chars=200,
                       min_prompt_bucket=128, answer_format="tags", max_cache_tokens=0,

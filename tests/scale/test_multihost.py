@@ -25,6 +25,8 @@ import types
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.memory_heavy  # three JAX processes at once (see tests/conftest.py)
+
 GLOBAL_BATCH, GROUP, SEQ, PROMPT, VOCAB, STEPS, UPDATES_PER_BATCH, MICRO, LR = 16, 4, 16, 6, 128, 3, 2, 2, 1e-3
 NUM_GROUPS = GLOBAL_BATCH // GROUP
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -19,6 +19,7 @@ import pytest
 
 from agro_jax.pipeline import STAGES
 
+pytestmark = pytest.mark.memory_heavy  # the real model (see tests/conftest.py)
 REDUCED = [
     "--config.factory.num_examples=48",
     "--config.factory.rounds=1",
