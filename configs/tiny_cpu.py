@@ -134,9 +134,10 @@ def get_config(arg=None):
             "filter_zero_variance": True,
             "max_resample_rounds": 0,  # resampling doubles the rollout time; the 15-minute budget keeps it off
             "recompute_old_logp": False,  # True: old logprobs from a training-side forward, not the sampler
-            # every probe_every steps: greedy EX / reward / format rate on the first probe_examples held-out examples
+            # every probe_every steps: EX / reward / format rate on the first probe_examples held-out examples
             "probe_every": 5,
             "probe_examples": 64,
+            "probe_samples": 0,  # 0: greedy (what eval scores) | k: expected reward of k samples per question
             "env": "sql",  # sql (agent + executor rollouts) | toy (learnable smoke task, no data needed)
             # Measured from one 6-epoch cold start (30 steps, 16 x 8): lr 3e-4 held-out EX 15/128 -> 15/128, unseen
             # skeletons 17/128 -> 25/128; 1e-4: 15 -> 15 and 17 -> 18. (On the earlier 64-wide default, which never

@@ -133,6 +133,41 @@ def test_grpo_alone_finds_the_runs_data_and_sft_checkpoint(run_dir: pathlib.Path
     assert (work / "grpo/checkpoints/1").is_dir()
 
 
+def test_sampled_probe_scores_k_episodes_per_question_with_the_same_draw_each_time(run_dir: pathlib.Path):
+    """grpo.probe_samples=k: k sampled episodes per probe question, drawn with the same key at every probe, so an
+    unchanged policy scores exactly the same twice (the probe's differences are the policy's, not the draw's)."""
+    import jax
+
+    from agro_jax.config import load_config
+    from agro_jax.rl.grpo import split_model
+    from agro_jax.rollout.envs import SqlEnv
+    from agro_jax.train import grpo_probe
+    from agro_jax.train.stages import build_policy, resolve_tokenizer
+
+    config = load_config("configs/tiny_cpu.py", [*SMALL, f"--config.data.data_dir={run_dir}/factory/tfds"])
+    tokenizer = resolve_tokenizer(config, run_dir)
+    mesh, model, model_cfg = build_policy(config, len(tokenizer), run_dir / "sft/checkpoints")
+    graphdef, params, rest = split_model(model)
+    examples = grpo_probe.probe_examples(config, 4)
+    with jax.set_mesh(mesh):
+        env = SqlEnv(config, graphdef, rest, model_cfg, tokenizer)
+        try:
+            greedy = grpo_probe.probe(env, params, examples, config, "probe")
+            with config.unlocked():
+                config.grpo.probe_samples = 3
+            first, again = (grpo_probe.probe(env, params, examples, config, "probe") for _ in range(2))
+            with config.unlocked():
+                config.grpo.probe_samples = -1
+            with pytest.raises(ValueError, match="probe_samples=-1 must be >= 0"):
+                grpo_probe.probe(env, params, examples, config, "probe")
+        finally:
+            env.close()
+    assert greedy["probe/episodes"] == 4 and first["probe/episodes"] == 12
+    drop_time = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}  # noqa: E731
+    assert drop_time(first) == drop_time(again)
+    assert all(-1.0 <= first[k] <= 1.0 for k in ("probe/ex", "probe/reward", "probe/format_rate"))
+
+
 def test_eval_of_a_damaged_latest_checkpoint_falls_back_to_the_step_before(run_dir: pathlib.Path, tmp_path, caplog):
     """eval_sft loads the SFT checkpoints dir, not the recorded step dir: a damaged latest step (emptied _METADATA)
     is skipped with one warning line and step 1 is evaluated (a step dir would have been a DamagedCheckpoint error)."""
