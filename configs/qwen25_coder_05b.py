@@ -11,7 +11,7 @@ databases -> eval_base (the instruct model before training) -> cold-start SFT ->
 evaluation on the held-out split and on every 20th executable Spider dev example (eval.spider_dir), strict tags and
 tags-or-fence answers both scored (agro_jax/eval/agent_eval.py).
 
-arg cpu (default; aimed at ~2 hours on 2 quiet cores, not yet run end to end): float32, LoRA rank 16
+arg cpu (default; ran end to end in 1.5 h on 2 cores, benchmarks/RESULTS.md issue 19): float32, LoRA rank 16
 (full fine-tuning holds 10 GB of params + grads + Adam state before any activation: it did not fit beside the other
 jobs of the shared 24 GB machine), one sequence per micro-batch (XLA plans ~3.7 GB of temporaries per 512 tokens of
 a LoRA SFT step, remat or not; two sequences were OOM-killed). arg gpu: bfloat16 compute over float32 master params,
