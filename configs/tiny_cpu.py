@@ -113,6 +113,7 @@ def get_config(arg=None):
     # start misses is copying literal values from the question (teacher-forced token accuracy ~60% on literals vs
     # ~95% on identifiers after 4 epochs). The from-scratch model needs the high lr.
     c.sft = ConfigDict({"num_selected": 2000, "batch_size": 8, "epochs": 6, "optim": optim_config(3e-3, 1080, 10)})
+    c.sft.recovery_fraction = 0.0  # share of the selected trajectories given a failing first query (sft_recovery)
     c.grpo = ConfigDict(
         {
             "steps": 30,

@@ -97,3 +97,26 @@ def cli_error(capsys, argv) -> str:
     assert err and err[-1].startswith(f"agro-sql {argv[0]}: error: "), err
     assert "Traceback" not in "\n".join(err)
     return err[-1]
+
+
+def tiny_chat_tokenizer():
+    """A 400-token byte-level BPE with the chat specials, the agent tags and a ChatML template (no files)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from agro_jax.rollout.agent import AGENT_TAGS
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *AGENT_TAGS]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["select count(*) from singer where name = 'x'"] * 10, trainer)
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    t.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return t

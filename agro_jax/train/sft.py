@@ -73,7 +73,7 @@ def tokenize_trajectories(trajs: list[dict], tokenizer, max_len: int) -> list[tu
             schema_text=ex["schema_text"],
             question=ex["question"],
             evidence=ex.get("evidence", ""),
-            turns=[(t["reasoning"], t["sql"], t["observation"])],
+            turns=t.get("turns") or [(t["reasoning"], t["sql"], t["observation"])],  # recovery: two (sft_recovery)
             answer=t["sql"],
         )
         tokens, mask = np.asarray(tokens, np.int32)[:max_len], np.asarray(mask, np.float32)[:max_len]

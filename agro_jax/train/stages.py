@@ -261,7 +261,7 @@ def sft_sequences(config, workdir, tokenizer, examples=None):
     import json
 
     from agro_jax.sql.executor import Executor
-    from agro_jax.train import sft
+    from agro_jax.train import sft, sft_recovery
 
     if examples is None:
         from agro_jax.data.loader import load_examples
@@ -269,13 +269,17 @@ def sft_sequences(config, workdir, tokenizer, examples=None):
         examples = load_examples(config.data.data_dir, config.data.train_split)
     with Executor.from_config(config.executor) as executor:
         trajs = sft.build_trajectories(examples, executor, config.rollout)
-    chosen = sft.select_trajectories(trajs, int(config.sft.num_selected), int(config.seed))
+        chosen = sft.select_trajectories(trajs, int(config.sft.num_selected), int(config.seed))
+        fraction = float(config.sft.get("recovery_fraction", 0.0))
+        recovered = sft_recovery.add_recovery(chosen, executor, config.rollout, fraction, int(config.seed))
     out = stage_dir(workdir, "sft")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "selected.jsonl", "w") as f:
         for t in chosen:
-            f.write(json.dumps({"question": t["example"]["question"], "sql": t["sql"]}) + "\n")
-    print(f"[sft] {len(trajs)} gold trajectories from {len(examples)} examples; selected {len(chosen)}")
+            row = {"question": t["example"]["question"], "sql": t["sql"], "recovery": "turns" in t}
+            f.write(json.dumps(row) + "\n")
+    recovery = f", {recovered} of them as recovery trajectories (a failing first query)" if fraction else ""
+    print(f"[sft] {len(trajs)} gold trajectories from {len(examples)} examples; selected {len(chosen)}{recovery}")
     return sft.tokenize_trajectories(chosen, tokenizer, int(config.rollout.max_total_len))
 
 

@@ -1,6 +1,7 @@
 """Cold start: diversity-aware selection (hybrid embeddings, k-center) and the SFT stage."""
 
 import numpy as np
+from helpers import tiny_chat_tokenizer
 
 from agro_jax.train import sft_select
 
@@ -106,29 +107,7 @@ def test_sft_loss_is_masked_nll():
     np.testing.assert_allclose(float(m["loss"]), want, rtol=1e-5)
 
 
-def _tiny_chat_tokenizer(tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from agro_jax.rollout.agent import AGENT_TAGS
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *AGENT_TAGS]
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(["select count(*) from singer where name = 'x'"] * 10, trainer)
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    t.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    return t
-
-
-def test_gold_trajectories_on_spider(spider_dir, tmp_path):
+def test_gold_trajectories_on_spider(spider_dir):
     """Real Spider gold SQL through the real executor -> rendered with agent.py -> agent-only masks."""
     from agro_jax.config import load_config
     from agro_jax.sql.benchmark_data import load_spider
@@ -142,7 +121,7 @@ def test_gold_trajectories_on_spider(spider_dir, tmp_path):
     assert len(trajs) == 40 and all(t["observation"] for t in trajs)
     chosen = sft.select_trajectories(trajs, 12, seed=0)
     assert len({t["sql"] for t in chosen}) >= 10  # diverse: few duplicate golds picked
-    tok = _tiny_chat_tokenizer(tmp_path)
+    tok = tiny_chat_tokenizer()
     seqs = sft.tokenize_trajectories(chosen, tok, max_len=4096)
     assert len(seqs) == 12
     tokens, mask = seqs[0]
