@@ -30,7 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _errored(turns) -> bool:
-    return any(str(t.get("observation", "")).startswith("Error") for t in turns)
+    from agro_jax.eval.agent_eval import error_observation
+
+    return any(error_observation(t) for t in turns)
 
 
 def group_stats(rewards_NxG, errored_NxG, correct_NxG) -> dict:

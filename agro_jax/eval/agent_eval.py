@@ -63,7 +63,7 @@ def well_formed(turn: dict) -> bool:
     return turn.get("stop") != "budget" and agent.parse_action(turn["text"], "tags").kind != "invalid"
 
 
-def _error(turn: dict) -> bool:
+def error_observation(turn: dict) -> bool:
     """An exploration turn whose observation is an error (agent.format_observation writes `Error (kind): ...`)."""
     return str(turn.get("observation", "")).startswith("Error")
 
@@ -73,9 +73,7 @@ def agent_stats(records: list[dict], strict_rows: list[dict]) -> dict:
     episodes where an exploration <sql> got an error observation, how many then answered with SQL that executes and
     how many answered correctly (strict). strict_rows: evaluate_predictions' per_example rows of the strict answers."""
     turns = [t for r in records for t in r["turns"]]
-    errored = [
-        i for i, r in enumerate(records) if any(str(t.get("observation", "")).startswith("Error") for t in r["turns"])
-    ]
+    errored = [i for i, r in enumerate(records) if any(error_observation(t) for t in r["turns"])]
     executes = ("match", "mismatch")
     explored = sum(any("observation" in t for t in r["turns"]) for r in records)
     return dict(
@@ -86,7 +84,7 @@ def agent_stats(records: list[dict], strict_rows: list[dict]) -> dict:
         well_formed_rate=sum(well_formed(t) for t in turns) / max(1, len(turns)),
         explored=explored,
         exploration_queries=sum("observation" in t for t in turns),
-        exploration_errors=sum(_error(t) for t in turns),
+        exploration_errors=sum(error_observation(t) for t in turns),
         error_episodes=len(errored),
         error_then_executes=sum(strict_rows[i]["reason"] in executes for i in errored),
         error_then_correct=sum(bool(strict_rows[i]["matched"]) for i in errored),
