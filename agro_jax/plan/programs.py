@@ -189,15 +189,16 @@ def training_programs(config, mesh, policy) -> list[Program]:
     batch = batch_arrays(mesh, rules, specs)
     shape = f"{rows} rows = {micro} x {b}, T={t}"
     grpo_knobs = "config.grpo.optim.grad_accum_steps (rows per micro-batch), config.model.remat, logits_chunk, mesh"
+    temp = grpo.logp_temperature(config.rollout)
     progs = [
-        Program("grpo_update", grpo.make_update_step(graphdef, rest, opt, g), (trained, opt_state, batch, frozen),
+        Program("grpo_update", grpo.make_update_step(graphdef, rest, opt, g, temp), (trained, opt_state, batch, frozen),
                 shape, grpo_knobs, resident_bytes=ref_bytes),
     ]  # fmt: skip
     forwards = int(bool(g.get("recompute_old_logp", False))) + int(bool(float(g.beta)))
     if forwards:
         logp_args = (trained, batch["tokens_BxT"], batch["valid_BxT"], frozen)
         progs.append(
-            Program("grpo_logp", grpo.make_logp_fn(graphdef, rest), logp_args,
+            Program("grpo_logp", grpo.make_logp_fn(graphdef, rest, temp), logp_args,
                     shape + " (no grad)", "config.grpo.optim.grad_accum_steps, config.model.logits_chunk, mesh",
                     resident_bytes=bytes_per_chip(opt_state) + ref_bytes, steps=forwards)
         )  # fmt: skip

@@ -21,16 +21,26 @@ from flax import nnx
 from agro_jax.rl import advantages, losses
 
 
-def sequence_logprobs(model, tokens_BxT, valid_BxT, *, entropy: bool = True, chunk: int | None = None):
-    """logp_BxT[t] = log p(tokens[t] | tokens[<t]) (0 at t=0) and the policy entropy at each predicted position (None
-    when entropy=False), float32, the lm_head applied to chunks of `chunk` positions (default model.cfg.logits_chunk;
-    0: all at once)."""
+def sequence_logprobs(
+    model, tokens_BxT, valid_BxT, *, entropy: bool = True, chunk: int | None = None, temperature: float = 1.0
+):
+    """logp_BxT[t] = log p_T(tokens[t] | tokens[<t]) (0 at t=0) and the entropy of p_T at each predicted position
+    (None when entropy=False), float32, where p_T = softmax(logits / temperature): GRPO trains the policy it samples
+    from (rollout.temperature), as the sampler's logps are. The lm_head runs on chunks of `chunk` positions (default
+    model.cfg.logits_chunk; 0: all at once)."""
     from agro_jax.model.logprobs import next_token_stats
     from agro_jax.model.qwen import make_causal_mask, positions_from_valid
 
     hidden_BxTxD, _ = model.hidden(tokens_BxT, positions_from_valid(valid_BxT), make_causal_mask(valid_BxT))
     chunk = int(model.cfg.logits_chunk) if chunk is None else int(chunk)
-    return next_token_stats(hidden_BxTxD, tokens_BxT, model.logits, chunk, entropy=entropy)
+    head = model.logits if temperature == 1.0 else (lambda h: model.logits(h) / temperature)
+    return next_token_stats(hidden_BxTxD, tokens_BxT, head, chunk, entropy=entropy)
+
+
+def logp_temperature(rollout_cfg) -> float:
+    """The temperature of the policy GRPO trains: the rollout's sampling temperature (1.0 for greedy rollouts)."""
+    t = float(rollout_cfg.temperature)
+    return t if t > 0 else 1.0
 
 
 @dataclasses.dataclass
@@ -102,22 +112,25 @@ def _micro_major(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)
 
 
-def make_logp_fn(graphdef, rest):
-    """Jitted (params, tokens_bxMxT, valid_bxMxT, frozen=None) -> logp_bxMxT (no grad): old/ref logprobs, one
-    micro-batch at a time so the reference forward never holds more activations than a training micro-batch."""
+def make_logp_fn(graphdef, rest, temperature: float = 1.0):
+    """Jitted (params, tokens_bxMxT, valid_bxMxT, frozen=None) -> logp_bxMxT (no grad) at `temperature`: old/ref
+    logprobs, one micro-batch at a time so the reference forward never holds more activations than a training
+    micro-batch."""
 
     @jax.jit
     def logp_fn(params, tokens, valid, frozen=None):
         model = merge(graphdef, params, frozen, rest)
-        body = lambda _, tv: (None, sequence_logprobs(model, tv[0], tv[1], entropy=False)[0])
+        logp = lambda t, v: sequence_logprobs(model, t, v, entropy=False, temperature=temperature)[0]  # noqa: E731
+        body = lambda _, tv: (None, logp(*tv))
         _, logp_MxbxT = jax.lax.scan(body, None, _micro_major((tokens, valid)))
         return jnp.swapaxes(logp_MxbxT, 0, 1)
 
     return logp_fn
 
 
-def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, grpo_cfg):
-    """Jitted (params, opt_state, batch_tree, frozen=None) -> (params, opt_state, metrics); one optimizer step.
+def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, grpo_cfg, temperature: float = 1.0):
+    """Jitted (params, opt_state, batch_tree, frozen=None) -> (params, opt_state, metrics); one optimizer step of the
+    policy at `temperature` (logp_temperature(config.rollout): the one that sampled the batch).
 
     The batch comes in the to_micro layout [b, M, ...]; the M micro-batches are scanned in sequence, grads of the
     loss *sums* and the counts accumulated and divided once: the step equals the full-batch step for every
@@ -133,7 +146,7 @@ def make_update_step(graphdef, rest, optimizer: optax.GradientTransformation, gr
 
     def loss_fn(params, mb, frozen):
         model = merge(graphdef, params, frozen, rest)
-        logp_BxT, ent_BxT = sequence_logprobs(model, mb["tokens_BxT"], mb["valid_BxT"])
+        logp_BxT, ent_BxT = sequence_logprobs(model, mb["tokens_BxT"], mb["valid_BxT"], temperature=temperature)
         s, c, stats = losses.grpo_loss(
             logp_BxT,
             mb["old_logp_BxT"],

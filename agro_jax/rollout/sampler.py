@@ -17,9 +17,10 @@ of programs; params are an explicit argument (new params never recompile). Sampl
 (temperature <= 0: greedy). Every row samples with its own key, fold_in(fold_in(turn_key, row_id), step): results do
 not depend on the batch a row shares, on its position in it, on chunking or on compaction.
 
-Returned logprobs: logp_t = log_softmax(raw logits)[token_t], the policy at temperature 1 with no top-k/p filtering,
-computed from the same logits that sampled the token: exactly what grpo.sequence_logprobs recomputes from the same
-params (ratio 1 at the first update); not the probability under the tempered/truncated sampling distribution.
+Returned logprobs: logp_t = log_softmax(logits / temperature)[token_t] (raw logits when greedy), the tempered policy
+with no top-k/p filtering, computed from the same logits that sampled the token: exactly what
+grpo.sequence_logprobs(temperature=...) recomputes from the same params (ratio 1 at the first update), and the
+sampling probability itself whenever top-k/p are off.
 
 Multi-process (params global arrays on a mesh): every host passes its own rows; the caller agrees shapes over hosts
 (multihost.process_max), inputs become batch-sharded global arrays (multihost.place_batch) and each host reads its
@@ -73,8 +74,9 @@ def _filter_top_k_top_p(scaled_BxV, top_p, top_k):
 
 def sample_token(logits_BxV, keys, temperature, top_p, top_k):
     """One token per row from tempered, top-k/top-p filtered logits (greedy when temperature <= 0) and its logp under
-    the raw logits. keys: one key per row [B] (or a single key, split over the rows). Branches are lax.cond on the
-    traced knobs, so greedy decoding skips the sampling work and plain sampling skips the vocab sort."""
+    the tempered, unfiltered logits (the raw ones when greedy). keys: one key per row [B] (or a single key, split
+    over the rows). Branches are lax.cond on the traced knobs, so greedy decoding skips the sampling work and plain
+    sampling skips the vocab sort."""
     logits_BxV = logits_BxV.astype(jnp.float32)
     b, v = logits_BxV.shape
     if keys.ndim == 0:
@@ -88,7 +90,8 @@ def sample_token(logits_BxV, keys, temperature, top_p, top_k):
 
     greedy = lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32)  # noqa: E731
     tok_B = jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
-    logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV, -1), tok_B[:, None], axis=-1)[:, 0]
+    tempered_BxV = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)
+    logp_B = jnp.take_along_axis(jax.nn.log_softmax(tempered_BxV, -1), tok_B[:, None], axis=-1)[:, 0]
     return tok_B, logp_B
 
 

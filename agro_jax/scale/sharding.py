@@ -98,13 +98,17 @@ def shard_model(model, mesh: Mesh, rules):
     return model
 
 
+def batch_devices(mesh: Mesh) -> int:
+    """How many ways a batch's leading dim is split: the product of the mesh's ('data', 'fsdp') sizes."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+
+
 def shard_batch(tree, mesh: Mesh):
     """Host arrays -> global arrays with the leading dim over ('data', 'fsdp'); scalars replicated.
 
     Single process: `tree` is the global batch. Multi-process: each process passes its own local rows (the global
     batch is their concatenation in process order)."""
-    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
-    n = math.prod(mesh.shape[a] for a in batch_axes)
+    batch_axes, n = tuple(a for a in BATCH_AXES if a in mesh.shape), batch_devices(mesh)
 
     def one(path, x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x

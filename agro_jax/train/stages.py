@@ -19,7 +19,7 @@ import numpy as np
 
 from agro_jax.model import lora
 from agro_jax.rl import grpo
-from agro_jax.rollout.batch import Namespace, bucket_len, collect_rollouts, pad_t, rollout_metrics
+from agro_jax.rollout.batch import Namespace, bucket_len, collect_rollouts, pad_t, rollout_metrics, signal_rows
 from agro_jax.rollout.envs import make_env
 from agro_jax.train import grpo_probe, metrics
 from agro_jax.train.checkpoint import export_hf, holds_adapters, load_params
@@ -131,6 +131,7 @@ def _maybe_export(config, stage, workdir, model, model_cfg, params, tokenizer=No
 def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps: int | None = None):
     """GRPO stage. Returns the path of the final checkpoint (<workdir>/grpo/checkpoints/<step>)."""
     from agro_jax.scale.multihost import place_batch
+    from agro_jax.scale.sharding import batch_devices
 
     workdir = workdir or config.workdir
     cfg = config.grpo
@@ -146,7 +147,8 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     ref_params = None
     if float(cfg.beta):
         ref_params = lora.adapters_off(params) if lora.has_adapters(model) else jax.tree.map(lambda x: x.copy(), params)
-    logp_fn = grpo.make_logp_fn(graphdef, rest)
+    temperature = grpo.logp_temperature(config.rollout)
+    logp_fn = grpo.make_logp_fn(graphdef, rest, temperature)
     micro = int(cfg.optim.grad_accum_steps)
     update_step = None  # built lazily: it needs the optimizer made inside train_loop
     env = make_env(env_name, config, graphdef, rest, model_cfg, tokenizer)
@@ -160,14 +162,15 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     def one_step(step, params, opt_state, optimizer, rng):
         nonlocal update_step
         if update_step is None:
-            update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg)
+            update_step = grpo.make_update_step(graphdef, rest, optimizer, cfg, temperature)
         policy = lora.policy_state(params, frozen)
         m0 = grpo_probe.probe(env, policy, probe, config, "probe_init") if probe and step == 0 else {}
         with timer("rollout"):
             ro, keep_B, first = collect_rollouts(env, policy, data_iter, rng, cfg)
         # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
         ro = Namespace(pad_t(vars(ro), bucket_len(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
-        batch = grpo.make_batch(ro, cfg, keep_B)
+        rows = micro * batch_devices(mesh)  # the update's row count must split into micro-batches over devices
+        batch = signal_rows(grpo.make_batch(ro, cfg, keep_B), keep_B, rows, int(config.rollout.max_total_len))
         t0 = time.perf_counter()
         with timer("update"):
             tree = place_batch(grpo.to_micro(batch.tree(), micro), mesh)

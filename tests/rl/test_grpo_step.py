@@ -86,7 +86,36 @@ def test_micro_batching_is_exact(setup, aggregation):
         assert np.abs(naive - g1).max() > 100 * tol, "uneven micro-batch counts must make naive averaging wrong"
 
 
+def test_signal_rows_drop_unweighted_rows_and_keep_the_gradient(setup):
+    """The update on the compacted batch (kept rows, zero-weight padding to a quarter-multiple of B, T cut to the
+    kept rows' bucket) has the full batch's gradient."""
+    from agro_jax.rl import grpo
+    from agro_jax.rollout.batch import signal_rows
+
+    config, mesh, graphdef, rest, params, batch = setup
+    keep_B = np.zeros(32, bool)
+    keep_B[[1, 5, 6, 9, 17, 20, 30]] = True
+    valid = batch["valid_BxT"].copy()
+    valid[keep_B, 8:] = False  # the kept rows are short: T can be cut to 8
+    full = grpo.Batch(**dict(batch, valid_BxT=valid, loss_mask_BxT=batch["loss_mask_BxT"] * valid * keep_B[:, None]))
+    small = signal_rows(full, keep_B, row_multiple=4, max_len=12)
+    assert small.tokens_BxT.shape == (8, 8) and small.adv_B.shape == (8,)
+    assert small.loss_mask_BxT[:7].sum() == full.loss_mask_BxT.sum() and small.loss_mask_BxT[7].sum() == 0
+    assert signal_rows(full, np.ones(32, bool), 4, 12) is full  # every row weighted: nothing to drop
+    opt = _grad_recorder()
+    step = grpo.make_update_step(graphdef, rest, opt, config.grpo)
+    grads = []
+    with jax.set_mesh(mesh):
+        for b in (full, small):
+            p = jax.tree.map(lambda x: x.copy(), params)
+            g = step(p, opt.init(p), grpo.to_micro(b.tree(), 2))[1]
+            grads.append(np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(g)]))
+    assert np.abs(grads[0]).max() > 0
+    np.testing.assert_allclose(grads[1], grads[0], atol=1e-5 * np.abs(grads[0]).max())
+
+
 def test_mu_updates_reuse_old_logprobs(setup):
+    """At the rollout temperature (0.7 here) too: the update's policy is the one make_logp_fn scored."""
     from agro_jax.rl import grpo
     from agro_jax.train import optim
 
@@ -95,10 +124,10 @@ def test_mu_updates_reuse_old_logprobs(setup):
     with jax.set_mesh(mesh):
         batch = grpo.to_micro(batch, 2)
         batch["old_logp_BxT"] = np.asarray(
-            grpo.make_logp_fn(graphdef, rest)(params, batch["tokens_BxT"], batch["valid_BxT"])
+            grpo.make_logp_fn(graphdef, rest, 0.7)(params, batch["tokens_BxT"], batch["valid_BxT"])
         )
         opt = optim.make_optimizer(config.grpo.optim)
-        step = grpo.make_update_step(graphdef, rest, opt, config.grpo)
+        step = grpo.make_update_step(graphdef, rest, opt, config.grpo, temperature=0.7)
         p = jax.tree.map(lambda x: x.copy(), params)
         state = opt.init(p)
         p, state, m1 = step(p, state, batch)

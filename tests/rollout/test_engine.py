@@ -146,6 +146,23 @@ def test_budgeted_chunks_equal_one_batch_when_sampling(env):
         plan_chunks(4, 2, sampler, params, ConfigDict(dict(CFG.to_dict(), max_cache_tokens=2047)))
 
 
+def test_sampled_logps_are_the_tempered_policy_grpo_trains(env):
+    """At rollout temperature 0.7 the sampler's logp of every agent token equals the training forward's at the same
+    temperature (GRPO's first ratio is 1), and differs from the temperature-1 policy's."""
+    from agro_jax.rl.grpo import logp_temperature, sequence_logprobs
+
+    tok, mcfg, graphdef, params, rest, examples, ex = env
+    cfg = ConfigDict(dict(CFG.to_dict(), temperature=0.7))
+    ro = run_rollouts(Sampler(graphdef, rest, mcfg, tok, cfg, stop_strings=STOPS), params, examples, ex, cfg,
+                      group_size=2, rng=jax.random.key(9), protocol=ExploreProtocol())  # fmt: skip
+    model, agent_BxT = nnx.merge(graphdef, params, rest), ro.loss_mask_BxT > 0
+    tokens, valid = jnp.asarray(ro.tokens_BxT), jnp.asarray(ro.valid_BxT)
+    at = lambda t: np.asarray(sequence_logprobs(model, tokens, valid, entropy=False, temperature=t)[0])[agent_BxT]  # noqa: E731
+    assert logp_temperature(cfg) == 0.7 and agent_BxT.sum() >= 20
+    np.testing.assert_allclose(at(0.7), ro.old_logp_BxT[agent_BxT], atol=TOL)
+    assert np.abs(at(1.0) - ro.old_logp_BxT[agent_BxT]).max() > 0.05
+
+
 def test_prompt_over_max_prompt_len_is_skipped_and_counted(env):
     tok, mcfg, graphdef, params, rest, examples, ex = env
     sampler = Sampler(graphdef, rest, mcfg, tok, CFG, stop_strings=STOPS)

@@ -92,14 +92,13 @@ def test_compiles_bounded_across_varying_prompts_and_new_params(setup):
 
 def test_sample_token_distribution_and_filters():
     """Each lax.cond branch of sample_token: frequencies follow softmax(logits / T); top-k / top-p keep exactly the
-    expected support; greedy is argmax; logp is always under the raw logits."""
+    expected support; greedy is argmax; logp is under the tempered, unfiltered logits (the raw ones when greedy)."""
     from agro_jax.rollout.sampler import sample_token
 
     n = 4000
     logits_V = jnp.log(jnp.asarray([0.5, 0.25, 0.15, 0.1]))
     logits_BxV = jnp.broadcast_to(logits_V, (n, 4))
     f = jax.jit(sample_token)
-    logz_V = np.asarray(jax.nn.log_softmax(logits_V))
     for temp, top_p, top_k, probs in [
         (1.0, 1.0, 0, [0.5, 0.25, 0.15, 0.1]),
         (0.5, 1.0, 0, np.asarray([0.5, 0.25, 0.15, 0.1]) ** 2 / np.sum(np.asarray([0.5, 0.25, 0.15, 0.1]) ** 2)),
@@ -112,4 +111,5 @@ def test_sample_token_distribution_and_filters():
         freq = np.bincount(np.asarray(tok_B), minlength=4) / n
         np.testing.assert_allclose(freq, probs, atol=0.03, err_msg=f"T={temp} top_p={top_p} top_k={top_k}")
         assert np.all(freq[np.asarray(probs) == 0] == 0)
+        logz_V = np.asarray(jax.nn.log_softmax(logits_V / (temp if temp > 0 else 1.0)))
         np.testing.assert_allclose(np.asarray(logp_B), logz_V[np.asarray(tok_B)], atol=1e-6)
