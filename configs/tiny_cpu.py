@@ -5,8 +5,8 @@ Run: agro-sql run --config configs/tiny_cpu.py
 A learnable miniature of the paper's experiment (benchmarks/RESULTS.md "learning demo"): one- and two-table queries
 over the six embedded databases, held out two ways: "test" = new questions and literal values over query structures
 seen in training (the main line), "test_skeleton" = whole unseen structures (harder). A 128-wide, 2-layer model
-learns these structures in a ~6-minute cold start; GRPO then runs 30 steps with a greedy probe of the held-out split
-every 5 steps, so its curve shows what RL changes.
+learns these structures in a 6-9-minute cold start (by machine); GRPO then runs 20 steps with a greedy probe of the
+held-out split every 5 steps, so its curve shows what RL changes.
 """
 
 from ml_collections import ConfigDict
@@ -91,7 +91,9 @@ def get_config(arg=None):
             "max_prompt_len": 512,
             "max_new_tokens_per_turn": 96,
             "max_total_len": 1024,
-            "temperature": 0.7,  # the paper's; at 1.0 the small cold-start policy samples mostly malformed turns
+            # the paper's; at 1.0 the small cold-start policy samples mostly malformed turns. GRPO trains this tempered
+            # policy: its log-probs (sampler and update) are of logits / temperature
+            "temperature": 0.7,
             "top_p": 1.0,
             "top_k": 0,
             "observation_max_rows": 5,
@@ -116,7 +118,9 @@ def get_config(arg=None):
     c.sft.recovery_fraction = 0.0  # share of the selected trajectories given a failing first query (sft_recovery)
     c.grpo = ConfigDict(
         {
-            "steps": 30,
+            # 20: what fits the 15 minutes on a slower 2-core machine (the whole job took 945 s with 30 steps, 533 s of
+            # it the cold start; benchmarks/RESULTS.md "learning demo" has 20 and 30 steps side by side)
+            "steps": 20,
             # 16 x 8: after a 2-epoch cold start (~3% EX) 8 x 4 sampled almost no correct answer, only the format
             # reward varied, and the greedy probe fell 4/64 -> 0/64 over 30 steps; after the 6-epoch one ~15-30% of
             # the 16 x 8 samples are right, so most groups carry a correctness signal
@@ -143,10 +147,11 @@ def get_config(arg=None):
             # Measured from one 6-epoch cold start (30 steps, 16 x 8): lr 3e-4 held-out EX 15/128 -> 15/128, unseen
             # skeletons 17/128 -> 25/128; 1e-4: 15 -> 15 and 17 -> 18. (On the earlier 64-wide default, which never
             # answered right, 5e-4 at temperature 1.0 collapsed the policy.)
-            "optim": optim_config(3e-4, 30, 0),
+            "optim": optim_config(3e-4, 20, 0),
         }
     )
-    c.checkpoint = ConfigDict({"every_steps": 10, "keep": 2, "async_save": True, "export_hf": True})
+    # every 50: the cold start's 1080 steps saved every 10 cost ~11 s (0.1 s per save); a killed run loses <= 50 steps
+    c.checkpoint = ConfigDict({"every_steps": 50, "keep": 2, "async_save": True, "export_hf": True})
     c.eval = ConfigDict(
         {
             "split": "test",

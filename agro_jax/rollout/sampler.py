@@ -52,7 +52,7 @@ def next_pow2(n: int, minimum: int = 1) -> int:
 
 
 class SampleOutput:
-    """Per row: generated ids up to and including the stop token, their logps (temperature 1, unfiltered), whether
+    """Per row: generated ids up to and including the stop token, their logps (tempered, unfiltered), whether
     the row stopped (EOS / stop string) rather than hitting its budget, and how: 0 budget, 1 stop id, 2 stop string."""
 
     def __init__(self, tokens, logps, stopped, kinds=None):
