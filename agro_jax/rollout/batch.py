@@ -30,16 +30,17 @@ def pad_t(a: dict, t: int) -> dict:
     return {k: (np.pad(v, [(0, 0), (0, t - v.shape[1])]) if k.endswith("BxT") else v) for k, v in a.items()}
 
 
-def signal_rows(batch, keep_B, row_multiple: int, max_len: int):
+def signal_rows(batch, keep_B, row_multiple: int, max_len: int, aggregation: str = "seq_mean_token_mean"):
     """The update's batch without the rows that carry no loss weight (zero-variance groups): the kept rows first,
     then filtered ones as zero-weight padding up to the smallest of B/4, B/2, 3B/4, B rows that row_multiple (micro-
     batches x batch-sharded devices) divides; T cut to the bucket of the longest kept row. A batch with half its
     groups filtered costs half the update; the loss is unchanged (removed rows had zero mask). Row counts stay four
-    per T bucket (a few compiles). Multi-process runs keep every row (hosts would need one agreed count)."""
+    per T bucket (a few compiles). Multi-process runs keep every row (hosts would need one agreed count), and so does
+    the drgrpo_constant aggregation, whose normalizer counts every row and position of the batch."""
     b = len(keep_B)
     sizes = [n for n in (b // 4, b // 2, 3 * b // 4) if n and n % row_multiple == 0] + [b]
     rows = next(n for n in sizes if n >= max(int(np.sum(keep_B)), 1))
-    if jax.process_count() > 1 or rows == b:
+    if jax.process_count() > 1 or rows == b or aggregation == "drgrpo_constant":
         return batch
     order = np.concatenate([np.flatnonzero(keep_B), np.flatnonzero(~np.asarray(keep_B))])[:rows]
     valid_KxT = np.asarray(batch.valid_BxT)[np.asarray(keep_B, bool)]  # padding rows have no weight: they may be cut

@@ -147,7 +147,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     ref_params = None
     if float(cfg.beta):
         ref_params = lora.adapters_off(params) if lora.has_adapters(model) else jax.tree.map(lambda x: x.copy(), params)
-    temperature = grpo.logp_temperature(config.rollout)
+    temperature = grpo.logp_temperature(config.rollout) if env_name == "sql" else 1.0  # toy: raw-logit samples
     logp_fn = grpo.make_logp_fn(graphdef, rest, temperature)
     micro = int(cfg.optim.grad_accum_steps)
     update_step = None  # built lazily: it needs the optimizer made inside train_loop
@@ -170,7 +170,8 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
         ro = Namespace(pad_t(vars(ro), bucket_len(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
         rows = micro * batch_devices(mesh)  # the update's row count must split into micro-batches over devices
-        batch = signal_rows(grpo.make_batch(ro, cfg, keep_B), keep_B, rows, int(config.rollout.max_total_len))
+        batch = signal_rows(grpo.make_batch(ro, cfg, keep_B), keep_B, rows, int(config.rollout.max_total_len),
+                            cfg.aggregation)  # fmt: skip
         t0 = time.perf_counter()
         with timer("update"):
             tree = place_batch(grpo.to_micro(batch.tree(), micro), mesh)

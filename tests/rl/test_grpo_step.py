@@ -93,6 +93,8 @@ def test_signal_rows_drop_unweighted_rows_and_keep_the_gradient(setup):
     from agro_jax.rollout.batch import signal_rows
 
     config, mesh, graphdef, rest, params, batch = setup
+    with config.unlocked():
+        config.grpo.aggregation = "seq_mean_token_mean"  # the default; the fixture's config is shared
     keep_B = np.zeros(32, bool)
     keep_B[[1, 5, 6, 9, 17, 20, 30]] = True
     valid = batch["valid_BxT"].copy()
@@ -102,6 +104,7 @@ def test_signal_rows_drop_unweighted_rows_and_keep_the_gradient(setup):
     assert small.tokens_BxT.shape == (8, 8) and small.adv_B.shape == (8,)
     assert small.loss_mask_BxT[:7].sum() == full.loss_mask_BxT.sum() and small.loss_mask_BxT[7].sum() == 0
     assert signal_rows(full, np.ones(32, bool), 4, 12) is full  # every row weighted: nothing to drop
+    assert signal_rows(full, keep_B, 4, 12, "drgrpo_constant") is full  # its normalizer counts every row and T
     opt = _grad_recorder()
     step = grpo.make_update_step(graphdef, rest, opt, config.grpo)
     grads = []
