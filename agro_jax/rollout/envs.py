@@ -1,6 +1,7 @@
 """GRPO environments: what the trainer rolls out. The trainer sees only `prompt_iterator()` (an iterator with
-get_state/set_state, saved in checkpoints) and `rollout(params, examples, rng) -> Rollout`; `ENVS` maps
-config.grpo.env to the class, all built as `cls(config, graphdef, rest, model_cfg, tokenizer)`.
+get_state/set_state, saved in checkpoints), `rollout(params, examples, rng) -> Rollout` and `logp_temperature`, the
+temperature of the policy its rollouts sample (and GRPO trains); `ENVS` maps config.grpo.env to the class, all built
+as `cls(config, graphdef, rest, model_cfg, tokenizer)`.
 
 - SqlEnv: factory prompts -> multi-turn agent rollouts (rollout/loop.py) -> execution rewards; everything
   SQL-specific stays here and in the rollout and sql packages.
@@ -22,6 +23,7 @@ from flax import nnx
 
 from agro_jax.data.loader import make_prompt_iterator
 from agro_jax.model.qwen import make_causal_mask, positions_from_valid
+from agro_jax.rl.grpo import logp_temperature
 from agro_jax.rollout import loop
 from agro_jax.rollout.sampler import Sampler
 from agro_jax.sql.executor import Executor
@@ -32,6 +34,7 @@ class SqlEnv:
         if tokenizer is None:
             raise ValueError("config.grpo.env='sql' needs a tokenizer (config.tokenizer.path or <workdir>/tokenizer)")
         self.config, self.tokenizer = config, tokenizer
+        self.logp_temperature = logp_temperature(config.rollout)
         self.executor = Executor.from_config(config.executor)
         self.sampler = Sampler(graphdef, rest, model_cfg, tokenizer, config.rollout)
 
@@ -111,7 +114,7 @@ class CountingIterator:
 class ToyEnv:
     def __init__(self, config, graphdef, rest, model_cfg, tokenizer=None):
         self.cfg, self.vocab = config.grpo, int(model_cfg.vocab_size)
-        self.seed = int(config.seed)
+        self.seed, self.logp_temperature = int(config.seed), 1.0  # samples the raw logits
         self.good = max(self.vocab // 8, 1)
 
         @jax.jit

@@ -147,11 +147,11 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     ref_params = None
     if float(cfg.beta):
         ref_params = lora.adapters_off(params) if lora.has_adapters(model) else jax.tree.map(lambda x: x.copy(), params)
-    temperature = grpo.logp_temperature(config.rollout) if env_name == "sql" else 1.0  # toy: raw-logit samples
+    env = make_env(env_name, config, graphdef, rest, model_cfg, tokenizer)
+    temperature = env.logp_temperature  # the policy the rollouts sample is the one trained
     logp_fn = grpo.make_logp_fn(graphdef, rest, temperature)
     micro = int(cfg.optim.grad_accum_steps)
     update_step = None  # built lazily: it needs the optimizer made inside train_loop
-    env = make_env(env_name, config, graphdef, rest, model_cfg, tokenizer)
     pool = grpo_probe.prompt_filter(cfg, workdir) if env_name == "sql" else {}  # grpo.prompts
     data_iter = env.prompt_iterator(**pool)
     counters = {"ref_forwards": 0}
