@@ -137,6 +137,10 @@ def get_config(arg=None):
             # measured once, 30 steps from one cold start: held-out EX 12.2% -> 10.3% vs 12.7% with "train")
             "prompts": "train",
             "filter_zero_variance": True,
+            # which groups teach (rollout/batch.py informative_rows): reward (their rewards differ) | accuracy (right
+            # and wrong answers alike, DAPO's rule; a group of wrong answers with a malformed one then does not push
+            # the well-formed wrong SQL up)
+            "filter_by": "reward",
             "max_resample_rounds": 0,  # resampling doubles the rollout time; the 15-minute budget keeps it off
             "recompute_old_logp": False,  # True: old logprobs from a training-side forward, not the sampler
             # every probe_every steps: EX / reward / format rate on the first probe_examples held-out examples

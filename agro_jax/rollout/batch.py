@@ -51,12 +51,26 @@ def signal_rows(batch, keep_B, row_multiple: int, max_len: int, aggregation: str
     return grpo.Batch(**cut)
 
 
-def collect_rollouts(env, params, data_iter, rng, cfg):
-    """One rollout batch, with zero-variance groups replaced by informative groups from up to
-    cfg.max_resample_rounds extra rounds (dynamic sampling). Groups still uninformative stay in the batch with
-    keep=False (zero loss weight), so the batch shape and the jit stay fixed. Returns (arrays, keep_B, first)."""
+def informative_rows(rewards_B, group_ids_B, filter_by: str = "reward", correct: float = 1.0) -> np.ndarray:
+    """bool_B: rows of groups that teach something. "reward": the group's rewards differ. "accuracy": some samples
+    are right (reward >= `correct`) and some are not, DAPO's rule: a group of wrong answers of which some are also
+    malformed has reward variance, and its advantages would push the well-formed wrong SQL up."""
+    if filter_by == "reward":
+        return grpo.filter_zero_variance(rewards_B, group_ids_B)
+    if filter_by == "accuracy":
+        right_B = (np.asarray(rewards_B, np.float32) >= correct).astype(np.float32)
+        return grpo.filter_zero_variance(right_B, group_ids_B)
+    raise ValueError(f"config.grpo.filter_by={filter_by!r} must be 'reward' or 'accuracy'")
+
+
+def collect_rollouts(env, params, data_iter, rng, cfg, correct: float = 1.0):
+    """One rollout batch, with uninformative groups (informative_rows by cfg.filter_by; `correct` is the reward of a
+    right answer) replaced by informative groups from up to cfg.max_resample_rounds extra rounds (dynamic sampling).
+    Groups still uninformative stay in the batch with keep=False (zero loss weight), so the batch shape and the jit
+    stay fixed. Returns (arrays, keep_B, first)."""
     timings: dict[str, float] = {}
     calls = [0]
+    how = str(getattr(cfg, "filter_by", "reward"))
 
     def sample(r):
         calls[0] += 1
@@ -69,12 +83,12 @@ def collect_rollouts(env, params, data_iter, rng, cfg):
     ro = {k: v.copy() for k, v in first.items()}  # filled in place below; `first` stays as sampled
     keep = np.ones(len(ro["rewards_B"]), bool)
     if cfg.filter_zero_variance:
-        keep = grpo.filter_zero_variance(ro["rewards_B"], ro["group_ids_B"])
+        keep = informative_rows(ro["rewards_B"], ro["group_ids_B"], how, correct)
         for r in range(1, int(cfg.max_resample_rounds) + 1):
             if keep.all():
                 break
             extra = sample(r)
-            extra_keep = grpo.filter_zero_variance(extra["rewards_B"], extra["group_ids_B"])
+            extra_keep = informative_rows(extra["rewards_B"], extra["group_ids_B"], how, correct)
             t = max(ro["tokens_BxT"].shape[1], extra["tokens_BxT"].shape[1])
             ro, extra = pad_t(ro, t), pad_t(extra, t)
             donors = [g for g in dict.fromkeys(extra["group_ids_B"][extra_keep].tolist())]
@@ -109,4 +123,7 @@ def rollout_metrics(ro, reward_cfg, keep_B) -> dict:
         "turns": np.asarray(ro.num_turns_B).mean(),
         "kept_frac": np.mean(keep_B),
     }
+    if getattr(ro, "group_ids_B", None) is not None:  # rows whose group has right and wrong answers alike
+        right_B = (r >= float(reward_cfg.correct)).astype(np.float32)
+        out["ex_signal_frac"] = np.mean(informative_rows(right_B, ro.group_ids_B, "reward"))
     return {k: float(v) for k, v in out.items()}

@@ -1,4 +1,4 @@
-"""GRPO environments: what the trainer rolls out. The trainer sees only `prompt_iterator()` (an iterator with
+"""GRPO environments: what the trainer rolls out. The trainer sees only `prompt_iterator(exclude)` (an iterator with
 get_state/set_state, saved in checkpoints), `rollout(params, examples, rng) -> Rollout` and `logp_temperature`, the
 temperature of the policy its rollouts sample (and GRPO trains); `ENVS` maps config.grpo.env to the class, all built
 as `cls(config, graphdef, rest, model_cfg, tokenizer)`.
@@ -134,7 +134,9 @@ class ToyEnv:
 
         self._generate = generate
 
-    def prompt_iterator(self) -> CountingIterator:
+    def prompt_iterator(self, exclude: set | None = None) -> CountingIterator:
+        if exclude:
+            raise ValueError("config.grpo.prompts='not_in_sft' leaves out factory examples: it needs grpo.env='sql'")
         return CountingIterator(int(self.cfg.prompts_per_step))
 
     def rollout(self, params, prompt_ids, rng) -> ToyRollout:

@@ -152,8 +152,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
     logp_fn = grpo.make_logp_fn(graphdef, rest, temperature)
     micro = int(cfg.optim.grad_accum_steps)
     update_step = None  # built lazily: it needs the optimizer made inside train_loop
-    pool = grpo_probe.prompt_filter(cfg, workdir) if env_name == "sql" else {}  # grpo.prompts
-    data_iter = env.prompt_iterator(**pool)
+    data_iter = env.prompt_iterator(**grpo_probe.prompt_filter(cfg, workdir))  # grpo.prompts
     counters = {"ref_forwards": 0}
     timer = metrics.Timer()
     probe_every = int(cfg.get("probe_every", 0)) if env_name == "sql" else 0
@@ -166,7 +165,7 @@ def run_grpo(config, workdir=None, *, init_from=None, tokenizer=None, max_steps:
         policy = lora.policy_state(params, frozen)
         m0 = grpo_probe.probe(env, policy, probe, config, "probe_init") if probe and step == 0 else {}
         with timer("rollout"):
-            ro, keep_B, first = collect_rollouts(env, policy, data_iter, rng, cfg)
+            ro, keep_B, first = collect_rollouts(env, policy, data_iter, rng, cfg, float(config.reward.correct))
         # Rollout lengths vary per step: pad T up to a bucket so the update compiles a handful of times, not per step.
         ro = Namespace(pad_t(vars(ro), bucket_len(ro.tokens_BxT.shape[1], int(config.rollout.max_total_len))))
         rows = micro * batch_devices(mesh)  # the update's row count must split into micro-batches over devices

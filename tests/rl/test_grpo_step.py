@@ -184,6 +184,26 @@ def test_dynamic_sampling_replaces_zero_variance_groups():
     assert keep.tolist() == [False, False, True, True]
 
 
+def test_accuracy_filter_drops_groups_without_a_right_answer_and_metrics_count_them():
+    from agro_jax.rollout.batch import collect_rollouts, informative_rows, rollout_metrics
+
+    # rewards: 1 right, 0 wrong, -1 malformed. Group 1 (wrong + malformed) has reward variance, no right answer.
+    script = [[[1, 0], [0, -1], [1, 1], [-1, 1]]]
+    cfg = types.SimpleNamespace(filter_zero_variance=True, max_resample_rounds=0, filter_by="reward")
+    _, keep, first = collect_rollouts(ScriptedEnv(script), None, iter(range(9)), jax.random.key(0), cfg)
+    assert keep.tolist() == [True, True, True, True, False, False, True, True]
+    cfg.filter_by = "accuracy"
+    _, keep, _ = collect_rollouts(ScriptedEnv(script), None, iter(range(9)), jax.random.key(0), cfg)
+    assert keep.tolist() == [True, True, False, False, False, False, True, True]
+    # a threshold of 2 makes no answer right: every group is uninformative then
+    assert not informative_rows(first.rewards_B, first.group_ids_B, "accuracy", correct=2.0).any()
+    reward_cfg = types.SimpleNamespace(correct=1.0, bad_format=-1.0)
+    m = rollout_metrics(first, reward_cfg, keep)
+    assert m["ex_signal_frac"] == 0.5 and m["kept_frac"] == 0.5
+    with pytest.raises(ValueError, match="filter_by='variance'"):
+        informative_rows(first.rewards_B, first.group_ids_B, "variance")
+
+
 def test_batch_without_signal_leaves_policy_and_optimizer_untouched(setup):
     from agro_jax.rl import grpo
     from agro_jax.train import optim

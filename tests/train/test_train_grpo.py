@@ -148,3 +148,13 @@ def test_export_hf_reloads_the_trained_policy(beta0_run):
             position_ids=torch.tensor(np.asarray(positions_from_valid(valid)), dtype=torch.long),
         ).logits.numpy()
     assert np.abs(ours[valid] - theirs[valid]).max() <= 1e-4
+
+
+def test_toy_env_refuses_a_prompt_filter_it_cannot_apply(tmp_path):
+    from agro_jax.train import stages
+
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft/selected.jsonl").write_text('{"question": "q", "sql": "SELECT 1"}\n')
+    config = toy_config("--config.grpo.steps=1", "--config.grpo.prompts=not_in_sft")
+    with pytest.raises(ValueError, match="needs grpo.env='sql'"):
+        stages.run_grpo(config, str(tmp_path))
