@@ -53,11 +53,43 @@ def real_qwen_dir() -> pathlib.Path:
         pytest.fail(str(e))
 
 
+def _memory_heavy_file(rootpath: pathlib.Path, path: str) -> bool:
+    """The xdist controller sees node ids, not marks, so it reads the file: a module marked memory_heavy says so."""
+    f = rootpath / path
+    return f.suffix == ".py" and f.is_file() and "pytest.mark.memory_heavy" in f.read_text()
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """The README's `-n 2 --dist loadfile`, with every memory_heavy file in one shared unit: each file runs in one
+    worker (module fixtures load once), and one worker runs the heavy modules (the real model, ~13 min together) back
+    to back while the other takes the rest. Units go out in collection order (pytest_collection_modifyitems below puts
+    the heavy tests first, then the modules marked slow), not largest-first: by test count the few-test heavy files
+    came last, met at the lock below and left one worker idle. xdist's loadgroup would do this with marks, but its
+    marks do not reach pytest 9's node ids (every test became its own unit)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HeavyFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "memory_heavy" if _memory_heavy_file(config.rootpath, path) else path
+
+    config.option.loadscopereorder = False
+    return HeavyFilesTogether(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """memory_heavy tests first, then slow ones, then the rest (stable: each file keeps its order); the scheduler
+    above hands out its units in this order."""
+    items.sort(key=lambda i: 0 if i.get_closest_marker("memory_heavy") else 1 if i.get_closest_marker("slow") else 2)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_memory_heavy_module_at_a_time(request, tmp_path_factory):
-    """Under xdist (the README's `-n 2`), modules marked memory_heavy (the real 0.5B model: 4-8 GB each; several JAX
-    processes at once) take a lock shared by the workers for their whole run, module fixtures included, so two of
-    them never hold their memory at the same time on the 24 GB machine; the other worker goes on with the rest."""
+    """Under xdist, modules marked memory_heavy (the real 0.5B model: 4-8 GB each; several JAX processes at once) take
+    a lock shared by the workers for their whole run, module fixtures included, so two of them never hold their
+    memory at the same time on the 24 GB machine, however xdist spreads them (the scheduler above keeps them on one
+    worker)."""
     if "PYTEST_XDIST_WORKER" not in os.environ or request.node.get_closest_marker("memory_heavy") is None:
         yield
         return

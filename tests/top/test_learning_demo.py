@@ -11,7 +11,11 @@ not yet the SQL. The full-size run's EX is in benchmarks/RESULTS.md "learning de
 
 import json
 
+import pytest
+
 from agro_jax import cli
+
+pytestmark = pytest.mark.slow  # the longest CPU test (~3 min): scheduled early (tests/conftest.py)
 
 REDUCED = [
     "--config.factory.num_examples=600",

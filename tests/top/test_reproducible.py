@@ -21,7 +21,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+pytestmark = pytest.mark.slow  # two whole runs in subprocesses (~1.5 min): scheduled early (tests/conftest.py)
 REPO = pathlib.Path(__file__).resolve().parents[2]
 REDUCED = [
     "--config.factory.num_examples=40",
