@@ -124,6 +124,5 @@ def rollout_metrics(ro, reward_cfg, keep_B) -> dict:
         "kept_frac": np.mean(keep_B),
     }
     if getattr(ro, "group_ids_B", None) is not None:  # rows whose group has right and wrong answers alike
-        right_B = (r >= float(reward_cfg.correct)).astype(np.float32)
-        out["ex_signal_frac"] = np.mean(informative_rows(right_B, ro.group_ids_B, "reward"))
+        out["ex_signal_frac"] = np.mean(informative_rows(r, ro.group_ids_B, "accuracy", float(reward_cfg.correct)))
     return {k: float(v) for k, v in out.items()}
