@@ -2,6 +2,7 @@
 
 import atexit
 import fcntl
+import functools
 import os
 import pathlib
 import shutil
@@ -53,6 +54,7 @@ def real_qwen_dir() -> pathlib.Path:
         pytest.fail(str(e))
 
 
+@functools.cache  # the controller asks once per node id; each file is read once
 def _memory_heavy_file(rootpath: pathlib.Path, path: str) -> bool:
     """The xdist controller sees node ids, not marks, so it reads the file: a module marked memory_heavy says so."""
     f = rootpath / path
