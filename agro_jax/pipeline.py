@@ -185,10 +185,11 @@ class Pipeline:
     def _evaluate(self, stage: str):
         """Greedy multi-turn agent on the held-out split (eval/<stage>.json), each of eval.extra_splits the dataset
         has (eval/<split>/<stage>.json) and the Spider subset when eval.spider_dir is set (eval/spider/), scored by
-        execution (EX) under both answer formats (agro_jax/eval/agent_eval.py)."""
+        execution (EX) under both answer formats (agro_jax/eval/agent_eval.py). The sets share one run of batches.
+        """
         from agro_jax.data.loader import available_splits, load_examples
         from agro_jax.eval import evaluate
-        from agro_jax.eval.agent_eval import GreedyAgent, evaluate_agent
+        from agro_jax.eval.agent_eval import GreedyAgent, generate_records, score_records
 
         cfg = self.config
         # a LoRA GRPO stage's adapters sit on the SFT-merged base: build_policy applies the chain the stage recorded
@@ -206,20 +207,25 @@ class Pipeline:
             sets.append((split, exs, str(cfg.eval.mode), self.workdir / "eval" / split))
         if cfg.eval.get("spider_dir"):
             sets.append(("Spider", self._spider_examples(), "spider", self.workdir / "eval" / "spider"))
-        outputs, extra = [], {"policy": str(policy)}
+        # every set's examples share the eval.batch_size batches (a set's last, partial batch is filled by the next
+        # set's), then each set is scored on its own
+        partial = self.workdir / "eval" / ".partial" / f"{stage}.jsonl"
+        every = [e for _, exs, _, _ in sets for e in exs]
+        records = generate_records(cfg, every, policy_agent, self.tokenizer(), str(partial), self.log)
+        outputs, extra, start = [], {"policy": str(policy)}, 0
         for label, exs, mode, out in sets:
-            partial = self.workdir / "eval" / ".partial" / f"{out.name}_{stage}.jsonl"
-            report = evaluate_agent(cfg, exs, policy_agent, self.tokenizer(), mode, str(partial), self.log)
+            report = score_records(cfg, exs, records[start : start + len(exs)], mode)
+            start += len(exs)
             report["name"] = stage
             outputs += evaluate.write_report(report, str(out), stage)
-            partial.unlink(missing_ok=True)  # the report holds every record now; a --force rerun starts afresh
-            if partial.parent.is_dir() and not any(partial.parent.iterdir()):
-                partial.parent.rmdir()
             key = "ex" if label == "held-out" else f"{out.name}_ex"
             extra.update({key: report["ex"], f"{key}_tags_or_fence": report["tags_or_fence"]["ex"]})
             extra["n" if label == "held-out" else f"{out.name}_n"] = report["num_examples"]
             self.log(f"[run] EX of {stage} on {report['num_examples']} {label} examples: {100 * report['ex']:.2f}% "
                      f"(tags-or-fence {100 * report['tags_or_fence']['ex']:.2f}%)")  # fmt: skip
+        partial.unlink(missing_ok=True)  # the reports hold every record now; a --force rerun starts afresh
+        if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+            partial.parent.rmdir()
         return outputs, extra
 
     def _spider_examples(self) -> list:

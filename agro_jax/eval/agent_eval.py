@@ -3,6 +3,8 @@
     examples = spider_subset(spider_dir, every=20, executor=ex)       # a fixed, documented Spider dev subset
     agent = GreedyAgent(config, policy, tokenizer)                    # loaded on first use, kept for several sets
     report = evaluate_agent(config, examples, agent, tokenizer, "spider", partial="eval/.partial/x.jsonl")
+    records = generate_records(config, held_out + spider, agent)      # several sets in shared batches, then
+    report = score_records(config, spider, records[len(held_out):], "spider")   # each scored on its own
 
 One greedy rollout per example, under rollout.answer_format "tags_or_fence"; the strict result ("tags", what the
 training reward accepts) is read off the same rollout: the two formats differ only on a turn without complete agent
@@ -191,13 +193,17 @@ def strict_record(record: dict) -> dict:
 
 
 def evaluate_agent(config, examples, policy, tokenizer, mode: str, partial=None, log=print) -> dict:
-    """EX (strict and tags_or_fence) + agent stats + transcripts of `policy`'s greedy agent on `examples`: the report
-    of evaluate.evaluate_policy for the strict answers (per example its `transcript`), with `tags_or_fence` and the
-    agent_stats merged into its `agent` summary. policy: a GreedyAgent (shared by several calls) or a policy path."""
+    """EX (strict and tags_or_fence) + agent stats + transcripts of `policy`'s greedy agent on `examples` (see
+    score_records). policy: a GreedyAgent (shared by several calls) or a policy path."""
+    return score_records(config, examples, generate_records(config, examples, policy, tokenizer, partial, log), mode)
+
+
+def score_records(config, examples, records: list[dict], mode: str) -> dict:
+    """The report of evaluate.evaluate_policy for the strict answers of `records` (generate_records' of `examples`;
+    per example its `transcript`), with `tags_or_fence` and the agent_stats merged into its `agent` summary."""
     from agro_jax.eval.evaluate import evaluate_policy, evaluate_predictions
     from agro_jax.sql.executor import Executor
 
-    records = generate_records(config, examples, policy, tokenizer, partial, log)
     strict = iter([strict_record(r) for r in records])
     with Executor.from_config(config.executor) as ex:
         report = evaluate_policy(examples, lambda batch: [next(strict) for _ in batch], ex, mode, answer_format="tags")
