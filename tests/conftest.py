@@ -1,4 +1,4 @@
-"""Test setup: an 8-device CPU mesh (set before jax is imported), and paths to the shared Spider data."""
+"""Test setup: an 8-device CPU mesh and XLA at -O0 (set before jax is imported), and paths to the shared Spider data."""
 
 import atexit
 import fcntl
@@ -8,7 +8,9 @@ import pathlib
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from helpers import xla_flags  # tests/helpers.py imports no jax
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(devices=8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

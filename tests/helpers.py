@@ -7,6 +7,18 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# XLA's LLVM backend at -O0 for every test process: the tests' programs are small and many, so compiling is most of
+# their time, and -O0 compiles them ~30% faster (CPU seconds); the real model's time goes to matmul library calls,
+# which the level does not change (benchmarks/RESULTS.md "test suite").
+XLA_TEST_OPTIONS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int = 1) -> str:
+    """XLA_FLAGS for a process a test starts: `devices` CPU devices (1: as the main job runs), the tests' options."""
+    mesh = f"--xla_force_host_platform_device_count={devices} " if devices > 1 else ""
+    return mesh + XLA_TEST_OPTIONS
+
+
 TOY = [
     "--config",
     "configs/tiny_cpu.py",

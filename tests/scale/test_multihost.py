@@ -190,8 +190,10 @@ def _free_port() -> int:
 
 
 def _launch(tmp: pathlib.Path, db: pathlib.Path, num_processes: int, port: int) -> list[subprocess.Popen]:
+    from helpers import xla_flags  # here: the workers run this file as a script, without tests/ on their path
+
     env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // num_processes}")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices=8 // num_processes))
     procs = []
     for i in range(num_processes):
         cmd = [sys.executable, __file__, "--process-id", str(i), "--num-processes", str(num_processes)]

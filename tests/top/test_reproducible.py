@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import xla_flags
 
 pytestmark = pytest.mark.slow  # two whole runs in subprocesses (~1.5 min): scheduled early (tests/conftest.py)
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -51,8 +52,8 @@ _TIMING = ("time", "seconds", "elapsed_s", "pred_elapsed_s")
 
 
 def _run(workdir, hash_seed, cache):
-    # XLA_FLAGS unset: one CPU device, as the main job runs (the tests' 8-device mesh is set through it)
-    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed), PYTHONPATH=str(REPO), XLA_FLAGS="")
+    # one CPU device, as the main job runs (the tests' 8-device mesh is set through XLA_FLAGS)
+    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed), PYTHONPATH=str(REPO), XLA_FLAGS=xla_flags(devices=1))
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     cmd = [sys.executable, "-m", "agro_jax.cli", "run", "--config", "configs/tiny_cpu.py", "--workdir", str(workdir)]
     proc = subprocess.run(cmd + REDUCED, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
