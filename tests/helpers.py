@@ -7,16 +7,18 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# XLA's LLVM backend at -O0 for every test process: the tests' programs are small and many, so compiling is most of
-# their time, and -O0 compiles them ~30% faster (CPU seconds); the real model's time goes to matmul library calls,
-# which the level does not change (benchmarks/RESULTS.md "test suite").
+# XLA's LLVM backend at -O0 in the test processes: most tests' programs are small and many, so compiling is most of
+# their time, and -O0 compiles them ~30% faster (CPU seconds). Runs whose time is execution (a whole tiny-model run,
+# the real pipeline) start their own process at the default level: at -O0 the learning demo and the real pipeline
+# each took ~90 s longer in the suite (benchmarks/RESULTS.md "test suite").
 XLA_TEST_OPTIONS = "--xla_backend_optimization_level=0"
 
 
-def xla_flags(devices: int = 1) -> str:
-    """XLA_FLAGS for a process a test starts: `devices` CPU devices (1: as the main job runs), the tests' options."""
-    mesh = f"--xla_force_host_platform_device_count={devices} " if devices > 1 else ""
-    return mesh + XLA_TEST_OPTIONS
+def xla_flags(devices: int = 1, fast_compile: bool = True) -> str:
+    """XLA_FLAGS for a process a test starts: `devices` CPU devices (1: as the main job runs), and -O0 unless the
+    process's time is execution (fast_compile=False: a whole tiny-model run, the real model's decode loops)."""
+    flags = [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
+    return " ".join(flags + ([XLA_TEST_OPTIONS] if fast_compile else []))
 
 
 TOY = [

@@ -56,7 +56,7 @@ def test_every_stage_runs_on_the_real_model_and_the_cold_start_teaches_the_proto
             f"--config.eval.spider_dir={spider_dir}"]  # fmt: skip
     # One CPU device, as `agro-sql run` sees it: on the tests' 8-device mesh the data-parallel policy would hold 8
     # replicas of its 2.5 GB of float32 weights (the process was OOM-killed at 10 GB while loading the second copy).
-    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=1))
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=1, fast_compile=False))
     # the three evaluations run the same sampler programs (the policy's shapes do not change): compiled once, through
     # the session's compilation cache that the subprocess inherits (tests/conftest.py)
     proc = subprocess.run([sys.executable, "-m", "agro_jax.cli", *args], env=env, capture_output=True, text=True)
