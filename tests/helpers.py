@@ -1,7 +1,10 @@
 """Shared test helpers (importable as `helpers`: pyproject's pytest pythonpath has tests/): the toy GRPO config,
 tiny random HF models and their transformers logits."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
@@ -19,6 +22,22 @@ def xla_flags(devices: int = 1, fast_compile: bool = True) -> str:
     process's time is execution (fast_compile=False: a whole tiny-model run, the real model's decode loops)."""
     flags = [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
     return " ".join(flags + ([XLA_TEST_OPTIONS] if fast_compile else []))
+
+
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "agro_jax.cli", *map(str, args)]
+
+
+def run_cli(*args, fast_compile: bool = True, devices: int = 1, timeout: float | None = None, **env):
+    """`agro-sql ARGS` in its own process from the repo root, as a user runs it: `devices` CPU devices (not the tests'
+    8-device mesh), XLA at -O0 unless fast_compile=False, `env` on top of this process's variables (the session's
+    compilation cache included). Fails the test with the output's tail; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=xla_flags(devices, fast_compile), **env)
+    proc = subprocess.run(cli_command(*args), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"agro-sql {' '.join(map(str, args[:1]))} exited {proc.returncode}:\n" + (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
+    return proc
 
 
 TOY = [

@@ -12,12 +12,9 @@ benchmarks/RESULTS.md "learning demo".
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from helpers import REPO_ROOT, xla_flags
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow  # the longest CPU test (~3 min): scheduled early (tests/conftest.py)
 
@@ -42,13 +39,10 @@ MIN_RISE = 0.05  # held-out reward gain of 6 GRPO steps; measured +0.12 / +0.21 
 
 
 def test_cold_start_follows_the_protocol_and_grpo_raises_the_held_out_reward(tmp_path):
-    args = ["run", "--config", "configs/tiny_cpu.py", "--workdir", str(tmp_path), *REDUCED]
-    # in its own process, as the main job runs: one CPU device (not the tests' 8-device mesh) and XLA's default
-    # backend level (its time is execution, not compiling)
-    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=1, fast_compile=False))
-    cmd = [sys.executable, "-m", "agro_jax.cli", *args, "--stages", "factory,tokenizer,sft,eval_sft,grpo,report"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # in its own process, as the main job runs, at XLA's default backend level (its time is execution, not compiling)
+    stages = "factory,tokenizer,sft,eval_sft,grpo,report"
+    run_cli("run", "--config", "configs/tiny_cpu.py", "--workdir", tmp_path, *REDUCED, "--stages", stages,
+            fast_compile=False)  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
     assert rows[0]["probe_init/format_rate"] >= MIN_FORMAT and rows[0]["probe_init/reward"] > -1 + MIN_FORMAT
     assert [r["step"] for r in rows if "probe/reward" in r] == [6] and rows[0]["probe_init/episodes"] == 32 * 4

@@ -11,12 +11,9 @@ base 0/4, after the cold start 4/6 (Spider 4/4, held-out 0/2), after GRPO 4/6, a
 step's group had equal rewards (kept_frac 0), so it did not change the policy."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from helpers import xla_flags
+from helpers import run_cli
 
 from agro_jax.pipeline import STAGES
 
@@ -56,11 +53,9 @@ def test_every_stage_runs_on_the_real_model_and_the_cold_start_teaches_the_proto
             f"--config.eval.spider_dir={spider_dir}"]  # fmt: skip
     # One CPU device, as `agro-sql run` sees it: on the tests' 8-device mesh the data-parallel policy would hold 8
     # replicas of its 2.5 GB of float32 weights (the process was OOM-killed at 10 GB while loading the second copy).
-    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=1, fast_compile=False))
-    # the three evaluations run the same sampler programs (the policy's shapes do not change): compiled once, through
-    # the session's compilation cache that the subprocess inherits (tests/conftest.py)
-    proc = subprocess.run([sys.executable, "-m", "agro_jax.cli", *args], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The three evaluations run the same sampler programs (the policy's shapes do not change): compiled once, through
+    # the session's compilation cache that the subprocess inherits (tests/conftest.py).
+    run_cli(*args, fast_compile=False)
     state = json.loads((tmp_path / "stages.json").read_text())
     assert list(state) == list(STAGES)
     assert state["sft"]["checkpoint"].endswith("sft/checkpoints/2")  # 4 trajectories / batch 2 x 1 epoch

@@ -15,17 +15,13 @@ nothing).
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import xla_flags
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow  # two whole runs in subprocesses (~1.5 min): scheduled early (tests/conftest.py)
-REPO = pathlib.Path(__file__).resolve().parents[2]
 REDUCED = [
     "--config.factory.num_examples=40",
     "--config.factory.rounds=1",
@@ -52,13 +48,9 @@ _TIMING = ("time", "seconds", "elapsed_s", "pred_elapsed_s")
 
 
 def _run(workdir, hash_seed, cache):
-    # one CPU device, as the main job runs (the tests' 8-device mesh is set through XLA_FLAGS)
-    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed), PYTHONPATH=str(REPO), XLA_FLAGS=xla_flags(devices=1))
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    cmd = [sys.executable, "-m", "agro_jax.cli", "run", "--config", "configs/tiny_cpu.py", "--workdir", str(workdir)]
-    proc = subprocess.run(cmd + REDUCED, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    cache_env = dict(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    run_cli("run", "--config", "configs/tiny_cpu.py", "--workdir", workdir, *REDUCED, timeout=600,
+            PYTHONHASHSEED=str(hash_seed), **cache_env)  # fmt: skip
 
 
 def _strip(obj, workdir):
