@@ -4,19 +4,16 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import TOY, toy_config
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from helpers import REPO_ROOT, TOY, cli_command, toy_config
 
 
 def _grpo_cmd(workdir, steps):
     extra = [f"--config.grpo.steps={steps}", "--config.checkpoint.every_steps=3", "--config.checkpoint.keep=20"]
-    return [sys.executable, "-m", "agro_jax.cli", "grpo", "--workdir", str(workdir), *TOY, *extra]
+    return cli_command("grpo", "--workdir", workdir, *TOY, *extra)
 
 
 def _final_params(workdir, step):
@@ -30,7 +27,7 @@ def _final_params(workdir, step):
 
 def _env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # later runs reuse the first run's executables through the session's compilation cache (tests/conftest.py)
     return env
 
@@ -38,12 +35,12 @@ def _env():
 @pytest.mark.slow
 def test_kill9_and_resume_is_bit_exact(tmp_path):
     steps, env = 30, _env()
-    ref = subprocess.run(_grpo_cmd(tmp_path / "ref", steps), cwd=REPO, env=env, capture_output=True, text=True)
+    ref = subprocess.run(_grpo_cmd(tmp_path / "ref", steps), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     work = tmp_path / "killed"
     proc = subprocess.Popen(
-        _grpo_cmd(work, steps), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _grpo_cmd(work, steps), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     ckpts = work / "grpo/checkpoints"
     deadline = time.time() + 240
@@ -58,7 +55,7 @@ def test_kill9_and_resume_is_bit_exact(tmp_path):
     metrics_lines = (work / "grpo/metrics.jsonl").read_text().splitlines()
     assert len(metrics_lines) < steps, "killed run must not have finished"
 
-    resumed = subprocess.run(_grpo_cmd(work, steps), cwd=REPO, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(_grpo_cmd(work, steps), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     a, b = _final_params(tmp_path / "ref", steps), _final_params(work, steps)
