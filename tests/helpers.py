@@ -34,9 +34,8 @@ def run_cli(*args, fast_compile: bool = True, devices: int = 1, timeout: float |
     compilation cache included). Fails the test with the output's tail; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=xla_flags(devices, fast_compile), **env)
     proc = subprocess.run(cli_command(*args), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"agro-sql {' '.join(map(str, args[:1]))} exited {proc.returncode}:\n" + (
-        proc.stdout[-3000:] + proc.stderr[-3000:]
-    )
+    tail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, f"agro-sql {args[0]} exited {proc.returncode}:\n{tail}"
     return proc
 
 
